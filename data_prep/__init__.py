@@ -1,0 +1,1 @@
+"""Corpus preparation: decode, find and isolate the speaker's face, log-mel, TFRecords."""
