@@ -31,22 +31,33 @@ class LogMelConfig:
     return int(2 ** np.ceil(np.log2(self.win_length)))
 
 
-def log_mel(audio: np.ndarray, config: LogMelConfig = LogMelConfig()) -> np.ndarray:
+def log_mel(audio: np.ndarray, config: LogMelConfig = LogMelConfig(),
+            block_frames: int = 4096) -> np.ndarray:
   """[n_frames, n_mels] float32 natural-log mel energies; frame k is centred at k * hop.
 
-  Frames are centred (librosa's `center=True`), so n_frames = 1 + len(audio) // hop and the
-  spectrogram spans the whole utterance to within one hop.
+  Frames are centred (as librosa's `center=True` with zero padding), so
+  n_frames = 1 + len(audio) // hop and the spectrogram spans the whole utterance to within one
+  hop. Long audio is transformed `block_frames` frames at a time, which gives the same numbers
+  with memory bounded by the block rather than by the clip.
   """
   audio = np.asarray(audio, dtype=np.float32)
   if audio.ndim != 1:
     raise ValueError(f"log_mel expects mono audio, got shape {audio.shape}")
   if audio.size == 0:
     return np.zeros((0, config.n_mels), np.float32)
-  mel = librosa.feature.melspectrogram(
-      y=audio, sr=config.sample_rate, n_fft=config.n_fft, hop_length=config.hop_length,
-      win_length=config.win_length, n_mels=config.n_mels, fmin=config.fmin, fmax=config.fmax,
-      power=2.0, center=True, pad_mode="constant")
-  return np.log(mel + config.floor).T.astype(np.float32)
+  hop, n_fft = config.hop_length, config.n_fft
+  padded = np.pad(audio, n_fft // 2)
+  n_frames = 1 + audio.size // hop
+  mel_basis = librosa.filters.mel(sr=config.sample_rate, n_fft=n_fft, n_mels=config.n_mels,
+                                  fmin=config.fmin, fmax=config.fmax)
+  out = np.empty((n_frames, config.n_mels), np.float32)
+  for start in range(0, n_frames, block_frames):
+    stop = min(start + block_frames, n_frames)
+    segment = padded[start * hop:(stop - 1) * hop + n_fft]
+    power = np.abs(librosa.stft(segment, n_fft=n_fft, hop_length=hop,
+                                win_length=config.win_length, center=False)) ** 2
+    out[start:stop] = np.log(mel_basis @ power + config.floor).T
+  return out
 
 
 def rms_envelope(audio: np.ndarray, sample_rate: int, times_s: np.ndarray,

@@ -32,3 +32,16 @@ def test_rms_envelope_follows_energy():
   audio[sr // 2: sr] = 0.5  # loud from 0.5 s to 1.0 s
   env = features.rms_envelope(audio, sr, np.array([0.25, 0.75, 1.5, 5.0]))
   np.testing.assert_allclose(env, [0.0, 0.5, 0.0, 0.0], atol=1e-6)
+
+
+def test_blockwise_log_mel_equals_librosa_on_the_whole_signal():
+  import librosa  # pylint: disable=import-outside-toplevel
+  config = features.LogMelConfig(n_mels=80)
+  audio = np.random.default_rng(1).normal(0, 0.1, 16000 * 3 + 77).astype(np.float32)
+  reference = np.log(librosa.feature.melspectrogram(
+      y=audio, sr=16000, n_fft=config.n_fft, hop_length=config.hop_length,
+      win_length=config.win_length, n_mels=80, fmin=config.fmin, power=2.0, center=True,
+      pad_mode="constant") + config.floor).T
+  for block in (4096, 64, 5):
+    np.testing.assert_allclose(features.log_mel(audio, config, block_frames=block), reference,
+                               atol=1e-5)

@@ -1,0 +1,475 @@
+"""Corpus build: every clip -> speaker face track + log-mel -> TFRecord shards, a manifest and tracks.
+
+Layout of an output directory OUT:
+  OUT/manifest.jsonl          one JSON line per input clip (status ok | skipped, reason, stats)
+  OUT/tracks/<clip_id>.json   every face track's box per sampled frame and which one is the speaker
+  OUT/clips/<clip_id>.pb      the finished example (a serialised tf.train.Example) of each ok clip:
+                              what makes a rerun resumable
+  OUT/tfds/<name>/1.0.0/      the shards per split + tfds metadata: tfds.load(name, data_dir=OUT/tfds)
+  OUT/prep_config.json        the options the directory was built with (a rerun must match them)
+  OUT/summary.json            counts, reasons and timing of the last run
+
+A bad clip never stops the build: its error becomes the manifest line's `reason`. Rerunning the
+same command resumes: clips that already have a manifest line are not processed again.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import multiprocessing
+import os
+import pathlib
+import re
+import time
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import tqdm
+
+from data_prep import faces
+from data_prep import features
+from data_prep import media
+from data_prep import speaker
+from data_prep.corpora.base import ClipSpec
+from data_prep.corpora.splits import SPLITS
+
+DATASET_VERSION = "1.0.0"
+_TRUNCATION_SLACK_S = 0.5  # decoded video may fall this short of the declared length
+_CLIP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*(/[A-Za-z0-9][A-Za-z0-9._\-]*)*$")
+
+
+class BuildError(ValueError):
+  """A build that cannot start: misuse rather than a bad clip."""
+
+
+class SkipClip(Exception):
+  """A clip that cannot give a record; the message is the manifest's reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepConfig:
+  fps: float = 10.0  # face sampling rate (the original study's 10 fps)
+  max_duration_s: float = 60.0  # longer clips are capped to their first max_duration_s seconds
+  speaker_method: str = "av"  # av | cluster
+  require_face: bool = True  # a video clip with no face at all is skipped
+  require_audio: bool = True  # a video clip with no audio stream is skipped
+  face: faces.FaceConfig = faces.FaceConfig()
+  logmel: features.LogMelConfig = features.LogMelConfig()
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def validate(self) -> None:
+    if self.fps <= 0:
+      raise ValueError(f"PrepConfig.fps must be > 0, got {self.fps}")
+    if self.max_duration_s <= 0:
+      raise ValueError(f"PrepConfig.max_duration_s must be > 0, got {self.max_duration_s}")
+    if self.speaker_method not in speaker.METHODS:
+      raise ValueError(f"PrepConfig.speaker_method must be one of {speaker.METHODS}, "
+                       f"got {self.speaker_method!r}")
+
+
+@dataclasses.dataclass
+class ClipResult:
+  manifest: dict[str, Any]
+  example: Optional[dict[str, Any]] = None  # None for a skipped clip
+  tracks: Optional[dict[str, Any]] = None
+
+
+def process_clip(spec: ClipSpec, config: PrepConfig) -> ClipResult:
+  """Runs the whole per-clip pipeline; never raises for a bad clip (it is reported as skipped)."""
+  start = time.process_time()
+  line = _manifest_base(spec)
+  try:
+    if spec.error or not spec.path:
+      raise SkipClip(spec.error or "no media file")
+    if spec.kind == "image":
+      example, tracks, stats = _process_image(spec, config)
+    else:
+      example, tracks, stats = _process_media(spec, config)
+  except (SkipClip, media.MediaError) as e:
+    line.update(status="skipped", reason=str(e))
+    return ClipResult(manifest=line)
+  except Exception as e:  # pylint: disable=broad-except
+    # A decoder or detector failure on one file must not stop the corpus build.
+    logging.exception("clip %s (%s) failed", spec.clip_id, spec.path)
+    line.update(status="skipped", reason=f"{spec.path}: unexpected {type(e).__name__}: {e}")
+    return ClipResult(manifest=line)
+  line.update(status="ok", reason="", **stats)
+  line["cpu_s"] = round(time.process_time() - start, 3)
+  return ClipResult(manifest=line, example=example, tracks=tracks)
+
+
+def _manifest_base(spec: ClipSpec) -> dict[str, Any]:
+  return {
+      "clip_id": spec.clip_id, "corpus": spec.corpus, "path": spec.path, "split": spec.split,
+      "speaker_id": spec.speaker_id, "label": spec.label, "label_name": spec.label_name,
+      "label_source": spec.label_source, "face_label": spec.face_label,
+      "voice_label": spec.voice_label, "status": "", "reason": "", "n_frames": 0,
+      "speaker_coverage": 0.0, "duration_s": 0.0, **dict(spec.extra),
+  }
+
+
+def _example(spec: ClipSpec, config: PrepConfig, **fields: Any) -> dict[str, Any]:
+  size, channels = config.face.crop_size, config.face.crop_channels
+  example = {
+      "clip_id": spec.clip_id, "corpus": spec.corpus, "speaker_id": spec.speaker_id,
+      "split": spec.split, "label": spec.label, "label_name": spec.label_name,
+      "label_source": spec.label_source, "face_label": spec.face_label,
+      "voice_label": spec.voice_label, "fps": config.fps, "duration_s": 0.0,
+      "faces": np.zeros((0, size, size, channels), np.uint8),
+      "face_timestamps": np.zeros((0,), np.float32), "face_mask": np.zeros((0,), bool),
+      "logmel": np.zeros((0, config.logmel.n_mels), np.float32),
+      "logmel_mask": np.zeros((0,), bool), "speaker_method": "", "speaker_coverage": 0.0,
+      "speaker_score": 0.0, "speaker_tracks": np.zeros((0,), np.int64), "n_tracks": 0,
+  }
+  example.update(fields)
+  return example
+
+
+def _process_media(spec: ClipSpec, config: PrepConfig):
+  info = media.probe(spec.path)
+  duration = min(info.duration_s, config.max_duration_s)
+  stats: dict[str, Any] = {"duration_s": round(duration, 3), "has_video": info.has_video,
+                           "has_audio": info.has_audio}
+  if info.duration_s > config.max_duration_s:
+    stats["note"] = (f"capped at {config.max_duration_s:g} s of {info.duration_s:.1f} s "
+                     "(PrepConfig.max_duration_s)")
+  if info.has_video and not info.has_audio and config.require_audio:
+    raise SkipClip(f"{spec.path}: no audio stream")
+  if not info.has_video and pathlib.Path(spec.path).suffix.lower() in media.VIDEO_EXTS:
+    # A video container whose video is missing is a broken file, not an audio-only clip.
+    raise SkipClip(f"{spec.path}: no video stream in a video file")
+
+  audio = None
+  fields: dict[str, Any] = {"duration_s": duration}
+  if info.has_audio:
+    audio = media.load_audio(spec.path, config.logmel.sample_rate, config.max_duration_s)
+    if info.has_video:
+      # The video clock defines the clip: the log-mel spans exactly the sampled span.
+      audio = audio[:int(round(duration * config.logmel.sample_rate))]
+    mel = features.log_mel(audio, config.logmel)
+    fields.update(logmel=mel, logmel_mask=np.ones(len(mel), bool))
+    stats["n_logmel_frames"] = len(mel)
+
+  tracks_json = None
+  if info.has_video:
+    tracking = faces.track_faces(media.iter_frames(spec.path, config.fps, config.max_duration_s),
+                                 config.face)
+    decoded_s = tracking.timestamps[-1] + 1.0 / config.fps if tracking.timestamps else 0.0
+    if duration - decoded_s > max(_TRUNCATION_SLACK_S, 0.1 * duration):
+      # The header promises more than the file holds: a cut-off download or copy.
+      raise SkipClip(f"{spec.path}: truncated or corrupt: video decodes to {decoded_s:.2f} s "
+                     f"of the declared {duration:.2f} s")
+    if not tracking.tracks and config.require_face:
+      raise SkipClip(f"{spec.path}: no face found in {tracking.n_frames} sampled frames")
+    choice = speaker.choose_speaker(tracking, audio, config.logmel.sample_rate,
+                                    config.speaker_method)
+    crops, mask = _speaker_crops(tracking, choice, config.face)
+    coverage = speaker.speaker_coverage(choice)
+    fields.update(
+        faces=crops, face_mask=mask,
+        face_timestamps=np.asarray(tracking.timestamps, np.float32),
+        speaker_method=choice.method, speaker_coverage=coverage,
+        speaker_score=float(choice.scores.get("speaker_score", 0.0)),
+        speaker_tracks=np.asarray(choice.speaker_track_ids, np.int64),
+        n_tracks=len(tracking.tracks))
+    stats.update(n_frames=tracking.n_frames, speaker_coverage=round(coverage, 4),
+                 speaker_method=choice.method, speaker_tracks=list(choice.speaker_track_ids),
+                 n_tracks=len(tracking.tracks), speaker_scores=choice.scores,
+                 detector_calls=tracking.detector_calls, encoder_calls=tracking.encoder_calls)
+    tracks_json = tracks_record(spec.clip_id, tracking, choice)
+  return _example(spec, config, **fields), tracks_json, stats
+
+
+def _process_image(spec: ClipSpec, config: PrepConfig):
+  rgb = _read_image(spec.path)
+  tracking = faces.track_faces([media.Frame(0, 0.0, rgb)], config.face)
+  if not tracking.tracks:
+    raise SkipClip(f"{spec.path}: no face found in the image")
+  # A face photograph shows one subject: the largest face.
+  top, right, bottom, left = np.asarray([t.boxes[0] for t in tracking.tracks]).T
+  largest = tracking.tracks[int(np.argmax((bottom - top) * (right - left)))]
+  crops = largest.crops[0][None]
+  example = _example(spec, config, faces=crops, face_mask=np.ones(1, bool),
+                     face_timestamps=np.zeros(1, np.float32), speaker_method="largest",
+                     speaker_coverage=1.0, speaker_tracks=np.asarray([largest.track_id]),
+                     n_tracks=len(tracking.tracks))
+  return example, None, {"n_frames": 1, "speaker_coverage": 1.0, "n_tracks": len(tracking.tracks)}
+
+
+def _read_image(path: str) -> np.ndarray:
+  """A photograph as HxWx3 uint8 RGB."""
+  import PIL.Image  # pylint: disable=import-outside-toplevel
+  try:
+    with PIL.Image.open(path) as image:
+      return np.asarray(image.convert("RGB"))
+  except (OSError, ValueError) as e:
+    raise SkipClip(f"{path}: not a readable image ({e})") from None
+
+
+def _speaker_crops(tracking, choice, face_config) -> tuple[np.ndarray, np.ndarray]:
+  size, channels = face_config.crop_size, face_config.crop_channels
+  crops = np.zeros((tracking.n_frames, size, size, channels), np.uint8)
+  by_id = {t.track_id: t for t in tracking.tracks}
+  position = {t.track_id: {f: i for i, f in enumerate(t.frame_indices)} for t in tracking.tracks}
+  for frame, track_id in enumerate(choice.per_frame):
+    if track_id >= 0:
+      crops[frame] = by_id[track_id].crops[position[track_id][frame]]
+  return crops, np.asarray(choice.per_frame) >= 0
+
+
+def tracks_record(clip_id: str, tracking, choice) -> dict[str, Any]:
+  """Per sampled frame, every track's box and the speaker track (OUT/tracks/<clip_id>.json)."""
+  boxes: list[dict[str, list[int]]] = [{} for _ in range(tracking.n_frames)]
+  for track in tracking.tracks:
+    for frame, box in zip(track.frame_indices, track.boxes):
+      boxes[frame][str(track.track_id)] = [int(v) for v in box]
+  frames = [{"index": i, "timestamp_s": round(float(t), 4), "boxes": boxes[i],
+             "speaker_track": int(choice.per_frame[i])}
+            for i, t in enumerate(tracking.timestamps)]
+  return {"clip_id": clip_id, "box_format": "top,right,bottom,left (source-frame pixels)",
+          "frame_size": list(tracking.frame_size), "method": choice.method,
+          "speaker_track_ids": list(choice.speaker_track_ids), "scores": choice.scores,
+          "frames": frames}
+
+
+# ----------------------------------------------------------------------------------------------
+# The driver.
+
+
+def dataset_name(corpus: str) -> str:
+  return "kd_mh_" + re.sub(r"[^a-z0-9_]", "_", corpus.lower())
+
+
+def _inside(out: pathlib.Path, clip_id: str, folder: str, suffix: str) -> pathlib.Path:
+  """OUT/folder/<clip_id>suffix, refusing ids that could leave OUT."""
+  if not _CLIP_ID.match(clip_id) or any(p in ("..", ".") for p in clip_id.split("/")):
+    raise ValueError(f"clip id {clip_id!r} is not a safe relative name")
+  return out / folder / (clip_id + suffix)
+
+
+def _atomic_write(path: pathlib.Path, data: bytes) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "wb") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def read_manifest(path: pathlib.Path) -> dict[str, dict[str, Any]]:
+  """clip_id -> its latest manifest line; a torn last line (a killed run) is ignored."""
+  done: dict[str, dict[str, Any]] = {}
+  if path.exists():
+    for raw in path.read_text(encoding="utf-8").splitlines():
+      try:
+        line = json.loads(raw)
+      except json.JSONDecodeError:
+        continue
+      done[line["clip_id"]] = line
+  return done
+
+
+def _init_worker() -> None:
+  # One clip per core: keep BLAS / OpenMP inside a worker single-threaded.
+  import threadpoolctl  # pylint: disable=import-outside-toplevel
+  threadpoolctl.threadpool_limits(1)
+  logging.getLogger().setLevel(logging.WARNING)
+
+
+def _crashed(spec: ClipSpec) -> ClipResult:
+  line = _manifest_base(spec)
+  line.update(status="skipped", reason=f"{spec.path}: the worker process crashed on this file")
+  return ClipResult(manifest=line)
+
+
+def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+  # spawn: never fork a parent that already holds TensorFlow / JAX threads.
+  return concurrent.futures.ProcessPoolExecutor(
+      workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
+
+
+def _run_clips(specs: Sequence[ClipSpec], config: PrepConfig, workers: int) -> Iterable[ClipResult]:
+  """Yields results as they finish; a worker that dies (a decoder crash) costs only its own clip."""
+  if workers <= 1:
+    for spec in specs:
+      yield process_clip(spec, config)
+    return
+  unfinished: list[ClipSpec] = []
+  with _pool(workers) as pool:
+    futures = {pool.submit(process_clip, spec, config): spec for spec in specs}
+    for future in concurrent.futures.as_completed(futures):
+      try:
+        yield future.result()
+      except concurrent.futures.process.BrokenProcessPool:
+        unfinished.append(futures[future])
+  # After a crash every clip still in flight fails with the pool; rerun each one alone so that
+  # only the file that really crashes is reported.
+  for spec in unfinished:
+    with _pool(1) as pool:
+      try:
+        yield pool.submit(process_clip, spec, config).result()
+      except concurrent.futures.process.BrokenProcessPool:
+        yield _crashed(spec)
+
+
+def build(specs: Sequence[ClipSpec], out_dir: str | os.PathLike, config: PrepConfig = PrepConfig(),
+          workers: int = 1, corpus: Optional[str] = None, retry_skipped: bool = False,
+          progress: bool = True) -> dict[str, Any]:
+  """Processes every clip not yet in OUT/manifest.jsonl, then writes the shards. Returns the summary."""
+  from kd_mh import records  # pylint: disable=import-outside-toplevel  (TensorFlow: parent only)
+
+  try:
+    config.validate()
+    config.face.validate()
+  except ValueError as e:
+    raise BuildError(str(e)) from None
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  corpus = corpus or (specs[0].corpus if specs else "empty")
+  _check_config(out, config)
+  ids = [s.clip_id for s in specs]
+  duplicated = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+  if duplicated:
+    raise BuildError(f"corpus reader gave duplicate clip ids: {duplicated[:5]}")
+  feats = records.features(config.face.crop_size, config.face.crop_channels, config.logmel.n_mels)
+
+  manifest_path = out / "manifest.jsonl"
+  done = read_manifest(manifest_path)
+  todo = [s for s in specs
+          if s.clip_id not in done
+          or (retry_skipped and done[s.clip_id]["status"] != "ok")
+          or (done[s.clip_id]["status"] == "ok"
+              and not _inside(out, s.clip_id, "clips", ".pb").exists())]
+  started = time.time()
+  with open(manifest_path, "a", encoding="utf-8") as manifest:
+    bar = tqdm.tqdm(total=len(todo), desc=f"prep {corpus}", unit="clip", disable=not progress)
+    for result in _run_clips(todo, config, workers):
+      clip_id = result.manifest["clip_id"]
+      if result.example is not None:
+        # The record lands before its manifest line, so an "ok" line always has its record.
+        _atomic_write(_inside(out, clip_id, "clips", ".pb"),
+                      records.write_example(result.example, feats))
+        if result.tracks is not None:
+          _atomic_write(_inside(out, clip_id, "tracks", ".json"),
+                        json.dumps(result.tracks).encode())
+      manifest.write(json.dumps(result.manifest, default=_json_default) + "\n")
+      manifest.flush()
+      done[clip_id] = result.manifest
+      bar.update(1)
+      bar.set_postfix(ok=sum(d["status"] == "ok" for d in done.values()))
+    bar.close()
+
+  # Rewrite the manifest deduplicated, in the reader's order (clips no longer listed are dropped).
+  lines = [done[s.clip_id] for s in specs if s.clip_id in done]
+  _atomic_write(manifest_path,
+                "".join(json.dumps(l, default=_json_default) + "\n" for l in lines).encode())
+  split_counts = write_shards(out, corpus, [l for l in lines if l["status"] == "ok"], feats)
+  summary = _summary(lines, split_counts, len(todo), time.time() - started, out, corpus)
+  _atomic_write(out / "summary.json", json.dumps(summary, indent=2).encode())
+  return summary
+
+
+def _json_default(value: Any) -> Any:
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _check_config(out: pathlib.Path, config: PrepConfig) -> None:
+  path = out / "prep_config.json"
+  current = json.loads(json.dumps(config.to_json()))
+  if path.exists():
+    previous = json.loads(path.read_text())
+    if previous != current:
+      changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+      raise BuildError(f"{out} was built with different options ({', '.join(changed)}); "
+                       "use a new --out directory or the same options to resume")
+  else:
+    _atomic_write(path, json.dumps(current, indent=2).encode())
+
+
+def write_shards(out: pathlib.Path, corpus: str, ok_lines: Sequence[dict[str, Any]], feats,
+                 examples_per_shard: int = 1000) -> dict[str, int]:
+  """Groups the per-clip records into tfds-layout shards per split and writes tfds metadata."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  name = dataset_name(corpus)
+  data_dir = out / "tfds" / name / DATASET_VERSION
+  if data_dir.exists():
+    for old in data_dir.iterdir():
+      old.unlink()
+  data_dir.mkdir(parents=True, exist_ok=True)
+  by_split: dict[str, list[str]] = collections.defaultdict(list)
+  for line in ok_lines:
+    by_split[line["split"]].append(line["clip_id"])
+  template = tfds.core.ShardedFileTemplate(
+      data_dir=data_dir, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+      dataset_name=name, filetype_suffix="tfrecord")
+  counts: dict[str, int] = {}
+  split_infos = []
+  for split in SPLITS:
+    clip_ids = sorted(by_split.get(split, []))
+    if not clip_ids:
+      continue
+    n_shards = max(1, -(-len(clip_ids) // examples_per_shard))
+    shard_lengths, n_bytes = [], 0
+    for shard in range(n_shards):
+      path = template.replace(split=split).sharded_filepath(shard_index=shard, num_shards=n_shards)
+      with tf.io.TFRecordWriter(os.fspath(path)) as writer:
+        for clip_id in clip_ids[shard::n_shards]:
+          writer.write(_inside(out, clip_id, "clips", ".pb").read_bytes())
+      shard_lengths.append(len(clip_ids[shard::n_shards]))
+      n_bytes += os.path.getsize(os.fspath(path))
+    counts[split] = len(clip_ids)
+    split_infos.append(tfds.core.SplitInfo(name=split, shard_lengths=shard_lengths,
+                                           num_bytes=n_bytes, filename_template=template))
+  if split_infos:
+    tfds.folder_dataset.write_metadata(
+        data_dir=data_dir, features=feats, split_infos=split_infos, filename_template=template,
+        check_data=False,
+        description=f"kd_mh prepared corpus '{corpus}': speaker face crops and log-mel per clip.")
+  return counts
+
+
+def _summary(lines, split_counts, processed, seconds, out, corpus) -> dict[str, Any]:
+  status = collections.Counter(l["status"] for l in lines)
+  reasons = collections.Counter(_reason_kind(l["reason"]) for l in lines if l["status"] != "ok")
+  coverage = [l["speaker_coverage"] for l in lines if l["status"] == "ok" and l.get("n_frames")]
+  return {
+      "corpus": corpus, "out": os.fspath(out), "tfds_name": dataset_name(corpus),
+      "tfds_data_dir": os.fspath(out / "tfds"), "clips": len(lines), "ok": status["ok"],
+      "skipped": status["skipped"], "processed_this_run": processed,
+      "seconds_this_run": round(seconds, 1), "splits": split_counts,
+      "skip_reasons": dict(reasons.most_common()),
+      "speaker_coverage_mean": round(float(np.mean(coverage)), 4) if coverage else None,
+      "speaker_coverage_min": round(float(np.min(coverage)), 4) if coverage else None,
+  }
+
+
+def _reason_kind(reason: str) -> str:
+  """The reason without its file name, so that the summary can count kinds."""
+  return reason.split(": ", 1)[1] if ": " in reason else reason
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+  rows = [f"corpus {summary['corpus']}: {summary['ok']} ok, {summary['skipped']} skipped "
+          f"of {summary['clips']} clips ({summary['processed_this_run']} processed in "
+          f"{summary['seconds_this_run']} s)",
+          "splits: " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items())]
+  if summary["speaker_coverage_mean"] is not None:
+    rows.append(f"speaker coverage: mean {summary['speaker_coverage_mean']:.3f}, "
+                f"min {summary['speaker_coverage_min']:.3f}")
+  for reason, n in summary["skip_reasons"].items():
+    rows.append(f"  skipped {n:5d}  {reason}")
+  rows.append(f"tfds: tfds.load('{summary['tfds_name']}', data_dir='{summary['tfds_data_dir']}')")
+  return "\n".join(rows)
