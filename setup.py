@@ -15,7 +15,7 @@ setuptools.setup(
                                                "launch", "launch.*"]),
     # Versions are pinned in requirements.txt; these are the direct imports.
     install_requires=[
-        "absl-py", "av", "face-recognition", "jax", "flax", "librosa", "matplotlib",
+        "absl-py", "av", "face-recognition", "flax", "h5py", "jax", "librosa", "matplotlib",
         "ml_collections", "numpy", "opencv-python-headless", "optax", "orbax-checkpoint",
         "scikit-image", "scikit-learn", "scipy", "soundfile", "tensorflow-cpu",
         "tensorflow-datasets", "threadpoolctl", "tqdm",

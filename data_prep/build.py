@@ -24,9 +24,11 @@ import multiprocessing
 import os
 import pathlib
 import re
+import shutil
 import time
 from typing import Any, Iterable, Optional, Sequence
 
+import cv2
 import numpy as np
 import tqdm
 
@@ -57,6 +59,7 @@ class PrepConfig:
   speaker_method: str = "av"  # av | cluster
   require_face: bool = True  # a video clip with no face at all is skipped
   require_audio: bool = True  # a video clip with no audio stream is skipped
+  require_video: bool = False  # audio-visual corpora (MELD, the demo): a clip without video is skipped
   face: faces.FaceConfig = faces.FaceConfig()
   logmel: features.LogMelConfig = features.LogMelConfig()
 
@@ -71,6 +74,8 @@ class PrepConfig:
     if self.speaker_method not in speaker.METHODS:
       raise ValueError(f"PrepConfig.speaker_method must be one of {speaker.METHODS}, "
                        f"got {self.speaker_method!r}")
+    self.face.validate()
+    self.logmel.validate()
 
 
 @dataclasses.dataclass
@@ -104,23 +109,35 @@ def process_clip(spec: ClipSpec, config: PrepConfig) -> ClipResult:
   return ClipResult(manifest=line, example=example, tracks=tracks)
 
 
+# What a clip's record and manifest line take from its ClipSpec.
+_SPEC_FIELDS = ("clip_id", "corpus", "speaker_id", "split", "label", "label_name", "label_source",
+                "face_label", "voice_label")
+
+
+def _spec_fields(spec: ClipSpec) -> dict[str, Any]:
+  return {name: getattr(spec, name) for name in _SPEC_FIELDS}
+
+
 def _manifest_base(spec: ClipSpec) -> dict[str, Any]:
-  return {
-      "clip_id": spec.clip_id, "corpus": spec.corpus, "path": spec.path, "split": spec.split,
-      "speaker_id": spec.speaker_id, "label": spec.label, "label_name": spec.label_name,
-      "label_source": spec.label_source, "face_label": spec.face_label,
-      "voice_label": spec.voice_label, "status": "", "reason": "", "n_frames": 0,
-      "speaker_coverage": 0.0, "duration_s": 0.0, **dict(spec.extra),
-  }
+  return {**_spec_fields(spec), "path": spec.path, "status": "", "reason": "", "n_frames": 0,
+          "speaker_coverage": 0.0, "duration_s": 0.0, **dict(spec.extra)}
+
+
+def _is_current(line: dict[str, Any], spec: ClipSpec) -> bool:
+  """Whether a manifest line was made from this very spec (same file, labels, split, ...).
+
+  A changed corpus (a new speaker shifts the speaker-independent split, a relabelled CSV, other
+  reader options) must not reuse a record made from the old spec.
+  """
+  base = json.loads(json.dumps(_manifest_base(spec), default=_json_default))
+  return all(line.get(k) == v for k, v in base.items()
+             if k not in ("status", "reason", "n_frames", "speaker_coverage", "duration_s"))
 
 
 def _example(spec: ClipSpec, config: PrepConfig, **fields: Any) -> dict[str, Any]:
   size, channels = config.face.crop_size, config.face.crop_channels
   example = {
-      "clip_id": spec.clip_id, "corpus": spec.corpus, "speaker_id": spec.speaker_id,
-      "split": spec.split, "label": spec.label, "label_name": spec.label_name,
-      "label_source": spec.label_source, "face_label": spec.face_label,
-      "voice_label": spec.voice_label, "fps": config.fps, "duration_s": 0.0,
+      **_spec_fields(spec), "fps": config.fps, "duration_s": 0.0,
       "faces": np.zeros((0, size, size, channels), np.uint8),
       "face_timestamps": np.zeros((0,), np.float32), "face_mask": np.zeros((0,), bool),
       "logmel": np.zeros((0, config.logmel.n_mels), np.float32),
@@ -133,42 +150,35 @@ def _example(spec: ClipSpec, config: PrepConfig, **fields: Any) -> dict[str, Any
 
 def _process_media(spec: ClipSpec, config: PrepConfig):
   info = media.probe(spec.path)
-  duration = min(info.duration_s, config.max_duration_s)
-  stats: dict[str, Any] = {"duration_s": round(duration, 3), "has_video": info.has_video,
-                           "has_audio": info.has_audio}
-  if info.duration_s > config.max_duration_s:
-    stats["note"] = (f"capped at {config.max_duration_s:g} s of {info.duration_s:.1f} s "
-                     "(PrepConfig.max_duration_s)")
   if info.has_video and not info.has_audio and config.require_audio:
     raise SkipClip(f"{spec.path}: no audio stream")
-  if not info.has_video and pathlib.Path(spec.path).suffix.lower() in media.VIDEO_EXTS:
-    # A video container whose video is missing is a broken file, not an audio-only clip.
-    raise SkipClip(f"{spec.path}: no video stream in a video file")
-
+  if not info.has_video and config.require_video:
+    raise SkipClip(f"{spec.path}: no video stream (this corpus is audio-visual)")
+  sample_rate = config.logmel.sample_rate
+  stats: dict[str, Any] = {"has_video": info.has_video, "has_audio": info.has_audio}
+  fields: dict[str, Any] = {}
   audio = None
-  fields: dict[str, Any] = {"duration_s": duration}
   if info.has_audio:
-    audio = media.load_audio(spec.path, config.logmel.sample_rate, config.max_duration_s)
-    if info.has_video:
-      # The video clock defines the clip: the log-mel spans exactly the sampled span.
-      audio = audio[:int(round(duration * config.logmel.sample_rate))]
-    mel = features.log_mel(audio, config.logmel)
-    fields.update(logmel=mel, logmel_mask=np.ones(len(mel), bool))
-    stats["n_logmel_frames"] = len(mel)
+    audio = media.load_audio(spec.path, sample_rate, config.max_duration_s)
 
   tracks_json = None
   if info.has_video:
     tracking = faces.track_faces(media.iter_frames(spec.path, config.fps, config.max_duration_s),
                                  config.face)
-    decoded_s = tracking.timestamps[-1] + 1.0 / config.fps if tracking.timestamps else 0.0
+    frame_s = max(1.0 / config.fps, 1.0 / info.fps if info.fps else 0.0)
+    decoded_s = tracking.timestamps[-1] + frame_s if tracking.timestamps else 0.0
+    # Headers without a duration (streamed WebM, MediaRecorder files) leave only the decoded one.
+    duration = min(info.duration_s or decoded_s, config.max_duration_s)
     if duration - decoded_s > max(_TRUNCATION_SLACK_S, 0.1 * duration):
       # The header promises more than the file holds: a cut-off download or copy.
       raise SkipClip(f"{spec.path}: truncated or corrupt: video decodes to {decoded_s:.2f} s "
                      f"of the declared {duration:.2f} s")
     if not tracking.tracks and config.require_face:
       raise SkipClip(f"{spec.path}: no face found in {tracking.n_frames} sampled frames")
-    choice = speaker.choose_speaker(tracking, audio, config.logmel.sample_rate,
-                                    config.speaker_method)
+    if audio is not None:
+      # The video clock defines the clip: the log-mel spans exactly the sampled span.
+      audio = audio[:int(round(duration * sample_rate))]
+    choice = speaker.choose_speaker(tracking, audio, sample_rate, config.speaker_method)
     crops, mask = _speaker_crops(tracking, choice, config.face)
     coverage = speaker.speaker_coverage(choice)
     fields.update(
@@ -183,6 +193,17 @@ def _process_media(spec: ClipSpec, config: PrepConfig):
                  n_tracks=len(tracking.tracks), speaker_scores=choice.scores,
                  detector_calls=tracking.detector_calls, encoder_calls=tracking.encoder_calls)
     tracks_json = tracks_record(spec.clip_id, tracking, choice)
+  else:
+    duration = len(audio) / sample_rate  # what decodes, not what the header says
+  if info.duration_s > config.max_duration_s:
+    stats["note"] = (f"capped at {config.max_duration_s:g} s of {info.duration_s:.1f} s "
+                     "(PrepConfig.max_duration_s)")
+  if audio is not None:
+    mel = features.log_mel(audio, config.logmel)
+    fields.update(logmel=mel, logmel_mask=np.ones(len(mel), bool))
+    stats["n_logmel_frames"] = len(mel)
+  fields["duration_s"] = duration
+  stats["duration_s"] = round(duration, 3)
   return _example(spec, config, **fields), tracks_json, stats
 
 
@@ -192,8 +213,7 @@ def _process_image(spec: ClipSpec, config: PrepConfig):
   if not tracking.tracks:
     raise SkipClip(f"{spec.path}: no face found in the image")
   # A face photograph shows one subject: the largest face.
-  top, right, bottom, left = np.asarray([t.boxes[0] for t in tracking.tracks]).T
-  largest = tracking.tracks[int(np.argmax((bottom - top) * (right - left)))]
+  largest = max(tracking.tracks, key=faces.Track.mean_area)
   crops = largest.crops[0][None]
   example = _example(spec, config, faces=crops, face_mask=np.ones(1, bool),
                      face_timestamps=np.zeros(1, np.float32), speaker_method="largest",
@@ -205,9 +225,11 @@ def _process_image(spec: ClipSpec, config: PrepConfig):
 def _read_image(path: str) -> np.ndarray:
   """A photograph as HxWx3 uint8 RGB."""
   import PIL.Image  # pylint: disable=import-outside-toplevel
+  import PIL.ImageOps  # pylint: disable=import-outside-toplevel
   try:
     with PIL.Image.open(path) as image:
-      return np.asarray(image.convert("RGB"))
+      # Phone photos are often stored sideways with an EXIF rotation; HOG is not rotation-invariant.
+      return np.asarray(PIL.ImageOps.exif_transpose(image).convert("RGB"))
   except (OSError, ValueError) as e:
     raise SkipClip(f"{path}: not a readable image ({e})") from None
 
@@ -248,8 +270,8 @@ def dataset_name(corpus: str) -> str:
 
 def _inside(out: pathlib.Path, clip_id: str, folder: str, suffix: str) -> pathlib.Path:
   """OUT/folder/<clip_id>suffix, refusing ids that could leave OUT."""
-  if not _CLIP_ID.match(clip_id) or any(p in ("..", ".") for p in clip_id.split("/")):
-    raise ValueError(f"clip id {clip_id!r} is not a safe relative name")
+  if not _CLIP_ID.match(clip_id):  # each part starts with a letter or digit: no "..", no "/x"
+    raise BuildError(f"clip id {clip_id!r} is not a safe relative name")
   return out / folder / (clip_id + suffix)
 
 
@@ -272,7 +294,8 @@ def read_manifest(path: pathlib.Path) -> dict[str, dict[str, Any]]:
         line = json.loads(raw)
       except json.JSONDecodeError:
         continue
-      done[line["clip_id"]] = line
+      if isinstance(line, dict) and "clip_id" in line:
+        done[line["clip_id"]] = line
   return done
 
 
@@ -280,6 +303,7 @@ def _init_worker() -> None:
   # One clip per core: keep BLAS / OpenMP inside a worker single-threaded.
   import threadpoolctl  # pylint: disable=import-outside-toplevel
   threadpoolctl.threadpool_limits(1)
+  cv2.setNumThreads(1)  # OpenCV's own pool is not reached by threadpoolctl
   logging.getLogger().setLevel(logging.WARNING)
 
 
@@ -296,27 +320,45 @@ def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
 
 
 def _run_clips(specs: Sequence[ClipSpec], config: PrepConfig, workers: int) -> Iterable[ClipResult]:
-  """Yields results as they finish; a worker that dies (a decoder crash) costs only its own clip."""
+  """Yields results as they finish; a worker that dies (a decoder crash) costs only its own clip.
+
+  At most 2 x workers clips are in flight, so a crash puts only those in doubt: each is rerun
+  alone, the file that crashes again is reported, and the rest go on in a fresh pool.
+  """
   if workers <= 1:
     for spec in specs:
       yield process_clip(spec, config)
     return
-  unfinished: list[ClipSpec] = []
-  with _pool(workers) as pool:
-    futures = {pool.submit(process_clip, spec, config): spec for spec in specs}
-    for future in concurrent.futures.as_completed(futures):
+  queue = list(reversed(specs))
+  while queue:
+    in_doubt: list[ClipSpec] = []
+    pool = _pool(workers)
+    try:
+      running: dict[concurrent.futures.Future, ClipSpec] = {}
+      while (queue or running) and not in_doubt:
+        while queue and len(running) < 2 * workers:
+          spec = queue.pop()
+          running[pool.submit(process_clip, spec, config)] = spec
+        finished, _ = concurrent.futures.wait(running,
+                                              return_when=concurrent.futures.FIRST_COMPLETED)
+        for future in finished:
+          spec = running.pop(future)
+          try:
+            yield future.result()
+          except concurrent.futures.process.BrokenProcessPool:
+            in_doubt.append(spec)
+      in_doubt.extend(running.values())
+    finally:
+      # An error in the caller (a full disk) must not wait for the queued clips to finish.
+      pool.shutdown(wait=False, cancel_futures=True)
+    for spec in in_doubt:
+      isolated = _pool(1)
       try:
-        yield future.result()
-      except concurrent.futures.process.BrokenProcessPool:
-        unfinished.append(futures[future])
-  # After a crash every clip still in flight fails with the pool; rerun each one alone so that
-  # only the file that really crashes is reported.
-  for spec in unfinished:
-    with _pool(1) as pool:
-      try:
-        yield pool.submit(process_clip, spec, config).result()
+        yield isolated.submit(process_clip, spec, config).result()
       except concurrent.futures.process.BrokenProcessPool:
         yield _crashed(spec)
+      finally:
+        isolated.shutdown(wait=False, cancel_futures=True)
 
 
 def build(specs: Sequence[ClipSpec], out_dir: str | os.PathLike, config: PrepConfig = PrepConfig(),
@@ -327,26 +369,33 @@ def build(specs: Sequence[ClipSpec], out_dir: str | os.PathLike, config: PrepCon
 
   try:
     config.validate()
-    config.face.validate()
   except ValueError as e:
     raise BuildError(str(e)) from None
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   corpus = corpus or (specs[0].corpus if specs else "empty")
   _check_config(out, config)
-  ids = [s.clip_id for s in specs]
-  duplicated = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+  counts = collections.Counter(s.clip_id for s in specs)
+  duplicated = sorted(i for i, n in counts.items() if n > 1)
   if duplicated:
     raise BuildError(f"corpus reader gave duplicate clip ids: {duplicated[:5]}")
+  for spec in specs:  # refuse bad specs before any work is done
+    _inside(out, spec.clip_id, "clips", ".pb")
+    if spec.split not in SPLITS:
+      raise BuildError(f"clip {spec.clip_id!r}: split {spec.split!r} is not one of {SPLITS}")
   feats = records.features(config.face.crop_size, config.face.crop_channels, config.logmel.n_mels)
 
   manifest_path = out / "manifest.jsonl"
   done = read_manifest(manifest_path)
   todo = [s for s in specs
           if s.clip_id not in done
+          or not _is_current(done[s.clip_id], s)
           or (retry_skipped and done[s.clip_id]["status"] != "ok")
           or (done[s.clip_id]["status"] == "ok"
               and not _inside(out, s.clip_id, "clips", ".pb").exists())]
+  if manifest_path.exists() and not manifest_path.read_bytes().endswith(b"\n"):
+    with open(manifest_path, "ab") as torn:  # end a line torn by a killed run
+      torn.write(b"\n")
   started = time.time()
   with open(manifest_path, "a", encoding="utf-8") as manifest:
     bar = tqdm.tqdm(total=len(todo), desc=f"prep {corpus}", unit="clip", disable=not progress)
@@ -404,11 +453,11 @@ def write_shards(out: pathlib.Path, corpus: str, ok_lines: Sequence[dict[str, An
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
   name = dataset_name(corpus)
-  data_dir = out / "tfds" / name / DATASET_VERSION
-  if data_dir.exists():
-    for old in data_dir.iterdir():
-      old.unlink()
-  data_dir.mkdir(parents=True, exist_ok=True)
+  final_dir = out / "tfds" / name / DATASET_VERSION
+  # Written next to the old version and swapped in, so a crash never leaves no dataset.
+  data_dir = final_dir.with_name(DATASET_VERSION + ".incomplete")
+  shutil.rmtree(data_dir, ignore_errors=True)
+  data_dir.mkdir(parents=True)
   by_split: dict[str, list[str]] = collections.defaultdict(list)
   for line in ok_lines:
     by_split[line["split"]].append(line["clip_id"])
@@ -438,6 +487,8 @@ def write_shards(out: pathlib.Path, corpus: str, ok_lines: Sequence[dict[str, An
         data_dir=data_dir, features=feats, split_infos=split_infos, filename_template=template,
         check_data=False,
         description=f"kd_mh prepared corpus '{corpus}': speaker face crops and log-mel per clip.")
+  shutil.rmtree(final_dir, ignore_errors=True)
+  os.replace(data_dir, final_dir)
   return counts
 
 
@@ -457,8 +508,10 @@ def _summary(lines, split_counts, processed, seconds, out, corpus) -> dict[str, 
 
 
 def _reason_kind(reason: str) -> str:
-  """The reason without its file name, so that the summary can count kinds."""
-  return reason.split(": ", 1)[1] if ": " in reason else reason
+  """The reason without file names, line numbers and measurements, so the summary counts kinds."""
+  reason = re.sub(r"/[^\s:]+", "<file>", reason)
+  reason = re.sub(r"\d+(?:\.\d+)?", "N", reason)
+  return re.sub(r"^(?:<file>|line N): ", "", reason)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -18,6 +18,17 @@ class LogMelConfig:
   fmax: float | None = None  # None: sample_rate / 2
   floor: float = 1e-6  # added before the log so silence stays finite
 
+  def validate(self) -> None:
+    """Raises ValueError naming the first bad field."""
+    for name in ("sample_rate", "win_ms", "hop_ms", "n_mels"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"LogMelConfig.{name} must be > 0, got {getattr(self, name)}")
+    nyquist = self.sample_rate / 2
+    if self.fmax is not None and not self.fmin < self.fmax <= nyquist:
+      raise ValueError(f"LogMelConfig.fmax must be in (fmin, {nyquist:g}], got {self.fmax}")
+    if not 0 <= self.fmin < nyquist:
+      raise ValueError(f"LogMelConfig.fmin must be in [0, {nyquist:g}), got {self.fmin}")
+
   @property
   def win_length(self) -> int:
     return int(round(self.sample_rate * self.win_ms / 1000.0))

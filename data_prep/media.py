@@ -351,6 +351,9 @@ def load_audio(
     except av.error.FFmpegError as e:
       raise MediaError(path, f"audio decoding failed ({e.strerror})") from e
 
+  if not chunks:
+    # A declared but undecodable audio track must not become a silent, labelled utterance.
+    raise MediaError(path, "audio stream has no decodable audio")
   if video is not None:
     length = int(round(min(video_end_s, stop_s) * source_rate))
   else:

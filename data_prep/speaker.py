@@ -130,9 +130,13 @@ def _choose_by_cluster(tracking: TrackingResult) -> SpeakerChoice:
     clusters = [[] for _ in range(k)]
     for i, track in enumerate(encoded):  # a track belongs where most of its encodings fall
       clusters[int(np.argmax(np.bincount(labels[owners == i], minlength=k)))].append(track)
-    members = clusters + members
-    frames = list(np.bincount(labels, weights=weights, minlength=k)) + frames
-    areas = [float(encoding_areas[labels == c].mean()) for c in range(k)] + areas
+    cluster_frames = np.bincount(labels, weights=weights, minlength=k)
+    # A cluster made only of minority encodings of other tracks owns no track: it cannot be the
+    # speaker, however many frames its encodings stand for.
+    kept = [c for c in range(k) if clusters[c]]
+    members = [clusters[c] for c in kept] + members
+    frames = [float(cluster_frames[c]) for c in kept] + frames
+    areas = [float(encoding_areas[labels == c].mean()) for c in kept] + areas
   if not members:
     return SpeakerChoice("cluster", [], _per_frame(tracking, []), {"k": 0, "speaker_score": 0.0})
   # Largest cluster; a tie (two faces in every frame) goes to the bigger face.

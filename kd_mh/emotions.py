@@ -25,6 +25,7 @@ draw trajectories and to measure a valence/arousal distance, not per-clip rating
 
 from __future__ import annotations
 
+import math
 import types
 from typing import Mapping
 
@@ -140,9 +141,7 @@ def from_ravdess(code: str, calm: str = "neutral") -> int:
   native = RAVDESS_NATIVE.get(code)
   if native is None:
     raise LabelError(f"unknown RAVDESS emotion code {code!r}")
-  table = {"neutral": "neutral", "happy": "happy", "sad": "sad", "angry": "angry",
-       "fearful": "fear", "disgust": "disgust", "surprised": "surprise"}
-  return _resolve(native, table, {"calm": _policy(calm, "calm")})
+  return _resolve(native, _SYNONYMS, {"calm": _policy(calm, "calm")})
 
 
 def from_emodb(letter: str, boredom: str = _DROP) -> int:
@@ -153,7 +152,11 @@ def from_emodb(letter: str, boredom: str = _DROP) -> int:
 
 
 def from_ckplus(code: str, contempt: str = _DROP) -> int:
-  native = CKPLUS_NATIVE.get(str(int(float(code))) if code.strip() else code)
+  try:  # CK+ writes codes as floats, e.g. "3.0000000e+00"
+    value = float(code)
+  except ValueError:
+    value = math.nan
+  native = CKPLUS_NATIVE.get(str(int(value))) if math.isfinite(value) and value.is_integer() else None
   if native is None:
     raise LabelError(f"unknown CK+ emotion code {code!r}")
   return _resolve(native, _SYNONYMS, {"contempt": _policy(contempt, "contempt")})

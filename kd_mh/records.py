@@ -26,7 +26,7 @@ import tensorflow_datasets as tfds
 
 _F = tfds.features
 
-# Field -> (kind, dtype) for the fields whose shape does not depend on the build options.
+# Scalar field -> dtype.
 _SCALARS = {
     "label": np.int64, "face_label": np.int64, "voice_label": np.int64,
     "duration_s": np.float32, "fps": np.float32, "speaker_coverage": np.float32,

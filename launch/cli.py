@@ -42,6 +42,8 @@ def main() -> None:
           "(see the README for what each release provides)", file=sys.stderr)
     sys.exit(EXIT_USAGE)
   module = importlib.import_module(module_name)
+  # absl prints __main__'s docstring on a usage error: show the subcommand's, with its exit codes.
+  sys.modules["__main__"].__doc__ = module.__doc__
   app.run(module.main, argv=[f"kd-mh {name}"] + sys.argv[2:])
 
 

@@ -50,15 +50,28 @@ _DEMO_CLIPS = flags.DEFINE_integer(
 _DEMO_SEED = flags.DEFINE_integer("demo_seed", 0, "with --corpus=demo: generator seed")
 # Reader options; each applies to the readers whose signature names it.
 _READER_FLAGS = {
-    "calm": flags.DEFINE_string("calm", None, "RAVDESS calm: 'neutral' (default) or 'drop'"),
-    "contempt": flags.DEFINE_string("contempt", None, "CK+ contempt: 'drop' (default) or 'disgust'"),
-    "boredom": flags.DEFINE_string("boredom", None, "EmoDB boredom: 'drop' (default) or 'neutral'"),
-    "votes": flags.DEFINE_string("votes", None, "CREMA-D summaryTable.csv (default: found under root)"),
+    "calm": flags.DEFINE_string("calm", None,
+                                "label 'calm' (RAVDESS, folder CSVs): 'neutral' (default) or 'drop'"),
+    "contempt": flags.DEFINE_string("contempt", None,
+                                    "label 'contempt' (CK+-style faces, folder CSVs): 'drop' "
+                                    "(default) or 'disgust'"),
+    "boredom": flags.DEFINE_string("boredom", None,
+                                   "label 'boredom' (EmoDB-style folder CSVs): 'drop' (default) or "
+                                   "'neutral'"),
+    "votes_csv": flags.DEFINE_string("votes", None,
+                                     "CREMA-D summaryTable.csv (default: found under --root)"),
+    "speaker_pattern": flags.DEFINE_string(
+        "speaker_pattern", None, "faces corpus: regex whose first group is the subject in a file "
+        "name (e.g. '^(S\\d+)_' for CK+), for subject-independent splits"),
     "seed": flags.DEFINE_integer("split_seed", None, "seed of the speaker-independent split"),
     "test_speakers": flags.DEFINE_list("test_speakers", None, "speakers forced into test"),
     "validation_speakers": flags.DEFINE_list("validation_speakers", None,
                                              "speakers forced into validation"),
 }
+
+
+# Corpora whose clips are videos by definition: a clip without a video stream is broken.
+AUDIO_VISUAL_CORPORA = ("meld", "demo")
 
 
 def _usage(message: str) -> app.UsageError:
@@ -69,6 +82,7 @@ def prep_config() -> build.PrepConfig:
   return build.PrepConfig(
       fps=_FPS.value, max_duration_s=_MAX_DURATION.value, speaker_method=_METHOD.value,
       require_face=_REQUIRE_FACE.value, require_audio=_REQUIRE_AUDIO.value,
+      require_video=_CORPUS.value in AUDIO_VISUAL_CORPORA,
       face=dataclasses.replace(faces.FaceConfig(), model=_DETECTOR.value,
                                crop_size=_FACE_SIZE.value,
                                crop_channels=int(_FACE_CHANNELS.value)),
@@ -96,12 +110,19 @@ def main(argv):
   if _CORPUS.value not in corpora.READERS:
     raise _usage(f"unknown corpus {_CORPUS.value!r}; one of {', '.join(sorted(corpora.READERS))}")
   if _CORPUS.value == "demo" and not os.path.exists(os.path.join(_ROOT.value, demo.GROUND_TRUTH)):
+    if os.path.isdir(_ROOT.value) and os.listdir(_ROOT.value):
+      raise _usage(f"--root {_ROOT.value} is not a demo corpus and not empty; give an empty or new "
+                   "folder to generate the demo corpus in")
     print(f"generating the demo corpus ({_DEMO_CLIPS.value} clips) in {_ROOT.value}")
     synthetic.make_demo_corpus(_ROOT.value, n_clips=_DEMO_CLIPS.value, seed=_DEMO_SEED.value,
                                progress=_PROGRESS.value)
   if not os.path.isdir(_ROOT.value):
     raise _usage(f"--root {_ROOT.value}: not a directory")
   config = prep_config()
+  try:
+    config.validate()
+  except ValueError as e:
+    raise _usage(str(e)) from None
   try:
     specs = corpora.read_corpus(_CORPUS.value, _ROOT.value, **reader_options(_CORPUS.value))
   except (ValueError, OSError) as e:  # the reader could not list the corpus at all

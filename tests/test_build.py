@@ -79,7 +79,8 @@ def test_bad_input_build_finishes_keeps_good_clips_and_explains_each_bad_one(tmp
   specs = corpora.read_corpus("meld", str(tmp_path / "meld"))
   assert len(specs) == len(expected) + 1  # the unreadable row is accounted for too
   out = tmp_path / "out"
-  summary = build.build(specs, out, workers=1, corpus="meld", progress=False)
+  config = dataclasses.replace(build.PrepConfig(), require_video=True)  # MELD is audio-visual
+  summary = build.build(specs, out, config, workers=1, corpus="meld", progress=False)
 
   lines = build.read_manifest(out / "manifest.jsonl")
   assert set(lines) == {s.clip_id for s in specs}
@@ -102,7 +103,7 @@ def test_bad_input_build_finishes_keeps_good_clips_and_explains_each_bad_one(tmp
   assert clip_ids == ["train/dia0_utt0", "train/dia0_utt1"]
 
   # A rerun resumes: nothing is processed again and nothing is duplicated.
-  again = build.build(specs, out, workers=1, corpus="meld", progress=False)
+  again = build.build(specs, out, config, workers=1, corpus="meld", progress=False)
   assert again["processed_this_run"] == 0 and again["ok"] == 2
   raw = (out / "manifest.jsonl").read_text().splitlines()
   assert len(raw) == len(specs) == len({json.loads(l)["clip_id"] for l in raw})
@@ -110,7 +111,7 @@ def test_bad_input_build_finishes_keeps_good_clips_and_explains_each_bad_one(tmp
   # A torn last manifest line (a killed run) is ignored and that clip is redone.
   torn = "\n".join(raw[:-1]) + "\n" + raw[-1][:15]
   (out / "manifest.jsonl").write_text(torn)
-  resumed = build.build(specs, out, workers=1, corpus="meld", progress=False)
+  resumed = build.build(specs, out, config, workers=1, corpus="meld", progress=False)
   assert resumed["processed_this_run"] == 1 and resumed["clips"] == len(specs)
 
 
@@ -130,9 +131,10 @@ def test_output_directory_refuses_other_options_and_unsafe_ids(tmp_path, good_cl
   with pytest.raises(build.BuildError, match="fps"):
     build.build([spec], tmp_path, dataclasses.replace(build.PrepConfig(), fps=5.0), workers=1,
                 progress=False)
-  with pytest.raises(ValueError, match="safe"):
+  with pytest.raises(build.BuildError, match="safe"):
     build.build([dataclasses.replace(spec, clip_id="../escape")], tmp_path / "x", workers=1,
                 progress=False)
+  assert not (tmp_path / "x" / "manifest.jsonl").exists()  # refused before any work
 
 
 def test_worker_processes_give_the_same_examples(tmp_path, good_clip):
@@ -199,6 +201,15 @@ def test_command_line_exit_codes(tmp_path, good_clip):
 
   bad = run("--corpus=nope", f"--root={tmp_path}", f"--out={tmp_path / 'o'}")
   assert bad.returncode == 2 and "unknown corpus" in bad.stderr
+  wrong = run("--corpus=folder", "--votes=x.csv", f"--root={tmp_path}", f"--out={tmp_path / 'o'}")
+  assert wrong.returncode == 2 and "--votes does not apply" in wrong.stderr
+  bad_config = run("--corpus=folder", "--fps=0", f"--root={tmp_path}", f"--out={tmp_path / 'o'}")
+  assert bad_config.returncode == 2 and "PrepConfig.fps" in bad_config.stderr
+  (tmp_path / "not_demo").mkdir()
+  (tmp_path / "not_demo" / "train_sent_emo.csv").write_text("precious\n")
+  clobber = run("--corpus=demo", f"--root={tmp_path / 'not_demo'}", f"--out={tmp_path / 'o'}")
+  assert clobber.returncode == 2 and "not a demo corpus" in clobber.stderr
+  assert (tmp_path / "not_demo" / "train_sent_emo.csv").read_text() == "precious\n"
   (tmp_path / "folder").mkdir()
   (tmp_path / "folder" / "broken.mp4").write_bytes(b"")
   none_ok = run("--corpus=folder", f"--root={tmp_path / 'folder'}", f"--out={tmp_path / 'o1'}",
@@ -242,3 +253,71 @@ def test_face_image_folder_gives_face_only_records(tmp_path):
     assert example["label"] == label
     assert example["faces"].shape == (1, 64, 64, 1) and example["face_mask"].all()
     assert example["logmel"].shape == (0, 64)
+
+
+def test_a_changed_corpus_is_not_served_from_stale_records(tmp_path, good_clip):
+  spec = corpora.base.ClipSpec(clip_id="a", corpus="t", path=str(good_clip), speaker_id="s1")
+  build.build([spec], tmp_path, workers=1, progress=False)
+  moved = dataclasses.replace(spec, split="test", label=emotions.index("sad"))
+  summary = build.build([moved], tmp_path, workers=1, progress=False)
+  assert summary["processed_this_run"] == 1 and summary["splits"] == {"test": 1}
+  example = records.parse_example((tmp_path / "clips" / "a.pb").read_bytes(), records.features())
+  assert example["split"] == "test" and example["label"] == emotions.index("sad")
+
+
+def _webm_without_duration(path: pathlib.Path) -> None:
+  """A WebM muxed to a pipe, as browsers' MediaRecorder writes them: no duration in the header."""
+  import av  # pylint: disable=import-outside-toplevel
+  import io  # pylint: disable=import-outside-toplevel
+
+  class Pipe(io.RawIOBase):
+    def __init__(self):
+      super().__init__()
+      self.data = bytearray()
+
+    def writable(self):
+      return True
+
+    def write(self, b):
+      self.data += bytes(b)
+      return len(b)
+
+  pipe = Pipe()
+  with av.open(pipe, mode="w", format="webm") as container:
+    video = container.add_stream("libvpx", rate=10)
+    video.width, video.height, video.pix_fmt = 160, 120, "yuv420p"
+    audio = container.add_stream("libopus", rate=48000, layout="mono")
+    for i in range(20):
+      frame = av.VideoFrame.from_ndarray(np.full((120, 160, 3), i * 10, np.uint8), format="rgb24")
+      frame.pts = i
+      container.mux(video.encode(frame))
+    container.mux(video.encode(None))
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(96000) / 48000)).astype(np.float32)
+    for start in range(0, 96000, 960):
+      chunk = av.AudioFrame.from_ndarray(tone[None, start:start + 960], format="flt",
+                                         layout="mono")
+      chunk.sample_rate, chunk.pts = 48000, start
+      container.mux(audio.encode(chunk))
+    container.mux(audio.encode(None))
+  path.write_bytes(bytes(pipe.data))
+
+
+def test_duration_comes_from_decoding_when_the_header_has_none(tmp_path):
+  path = tmp_path / "live.webm"
+  _webm_without_duration(path)
+  assert media.probe(path).duration_s == 0.0
+  config = dataclasses.replace(build.PrepConfig(), require_face=False)
+  result = build.process_clip(corpora.base.ClipSpec("live", "t", str(path)), config)
+  assert result.manifest["status"] == "ok", result.manifest["reason"]
+  assert result.manifest["duration_s"] == pytest.approx(2.0, abs=0.05)
+  assert abs(len(result.example["logmel"]) * 0.01 - 2.0) <= 0.05
+
+
+def test_slow_frame_rate_sources_are_not_mistaken_for_truncated_files(tmp_path):
+  path = tmp_path / "slow.mp4"
+  frames = [np.full((120, 160, 3), 100 + 20 * i, np.uint8) for i in range(3)]
+  media.write_video(path, frames, fps=1.0, audio=np.zeros(48000, np.float32))
+  config = dataclasses.replace(build.PrepConfig(), require_face=False)
+  result = build.process_clip(corpora.base.ClipSpec("slow", "t", str(path)), config)
+  assert result.manifest["status"] == "ok", result.manifest["reason"]
+  assert result.manifest["n_frames"] == 3

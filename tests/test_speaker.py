@@ -223,3 +223,29 @@ def test_composite_with_a_larger_bystander(tmp_path, name):
   cluster = speaker.choose_speaker(tracking, audio, SR, "cluster")
   assert cluster.scores["k"] == 2
   assert who_is_chosen(cluster, tracking, truth, regions)[1] >= 0.95
+
+
+def test_cluster_method_never_picks_a_cluster_that_owns_no_track():
+  # Three people never on screen together; each track has one stray encoding that resembles a
+  # fourth face. The strays form a cluster of their own that holds the most encodings but no
+  # track: it must not be chosen.
+  rng = np.random.default_rng(0)
+  centres = {k: rng.normal(size=128) for k in "ABCX"}
+  centres = {k: 0.8 * v / np.linalg.norm(v) for k, v in centres.items()}
+
+  def encoding(k):
+    return (centres[k] + rng.normal(scale=0.01, size=128)).astype(np.float32)
+
+  tracks = []
+  for track_id, person in enumerate("ABC"):
+    frames = list(range(30 * track_id, 30 * track_id + 30))
+    tracks.append(faces.Track(
+        track_id, frames, [(0, 50, 50, 0)] * 30, [0.0] * 30,
+        [np.zeros((64, 64, 1), np.uint8)] * 30,
+        [(frames[0], encoding(person)), (frames[1], encoding(person)), (frames[2], encoding("X"))]))
+  tracking = faces.TrackingResult(tracks, [i / 10 for i in range(90)], 90, (100, 100), 0, 0, 0, 0,
+                                  {})
+  choice = speaker.choose_speaker(tracking, None, method="cluster")
+  assert len(choice.speaker_track_ids) == 1
+  assert all(tracks for tracks in choice.scores["cluster_tracks"])
+  assert speaker.speaker_coverage(choice) == pytest.approx(1 / 3)

@@ -46,7 +46,10 @@ def read_faces_folder(
   """One ClipSpec(kind="image") per image under `root`."""
   root = folder.require_dir(root, "faces")
   folder.check_policies({"contempt": contempt})
-  pattern = re.compile(speaker_pattern) if speaker_pattern else None
+  try:
+    pattern = re.compile(speaker_pattern) if speaker_pattern else None
+  except re.error as e:
+    raise ValueError(f"speaker_pattern {speaker_pattern!r} is not a regular expression ({e})") from None
   if pattern is not None and pattern.groups < 1:
     raise ValueError(f"speaker_pattern {speaker_pattern!r} needs a group that captures the subject")
   specs, unmatched = [], 0

@@ -49,7 +49,13 @@ def files_under(root: pathlib.Path, extensions: Iterable[str]) -> list[pathlib.P
   """
   wanted = {e.lower() for e in extensions}
   found = []
+  seen = set()
   for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    stat = os.stat(dirpath)
+    if (stat.st_dev, stat.st_ino) in seen:  # a link loop: this folder was walked already
+      dirnames[:] = []
+      continue
+    seen.add((stat.st_dev, stat.st_ino))
     dirnames[:] = [d for d in dirnames if not d.startswith(".")]
     found.extend(pathlib.Path(dirpath, f) for f in filenames
                  if not f.startswith(".") and pathlib.Path(f).suffix.lower() in wanted)
