@@ -1,0 +1,220 @@
+"""Tests of the speech student (kd_mh.models.student): shapes, masking, normalisation, learning."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from kd_mh import losses
+from kd_mh.emotions import NUM_CLASSES
+from kd_mh.models import student as student_lib
+from kd_mh.models.student import Student
+
+M = 16  # mel bins of the tiny test inputs
+# A small model with the default architecture's structure (compiles in about a second).
+TINY = Student(conv_features=(8, 16), time_pool=(2, 2), mel_pool=(2, 2), norm_groups=4,
+               rnn_hidden=16, attention_hidden=8, embed_dim=16, teacher_dim=12)
+APPLY = jax.jit(TINY.apply, static_argnames="train")
+
+
+def _logmel(rng, b, f, m=M):
+  # Log-mel-like values: a negative offset, a spectral slope and noise.
+  return (-6.0 + np.linspace(2, -2, m) + rng.standard_normal((b, f, m))).astype(np.float32)
+
+
+def _mask(lengths, f):
+  return np.arange(f)[None, :] < np.asarray(lengths)[:, None]
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_params():
+  """Initial parameters plus noise: zero-initialised biases and scorers would hide leaks."""
+  params = TINY.init(jax.random.key(0), np.zeros((1, 24, M), np.float32), np.ones((1, 24), bool))
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  return jax.tree.unflatten(tree, [p + 0.2 * jax.random.normal(k, p.shape)
+                                   for p, k in zip(leaves, keys)])
+
+
+def _allclose(a, b, atol=1e-5):
+  for key in ("logits", "embedding", "aligned"):
+    np.testing.assert_allclose(np.asarray(a[key]), np.asarray(b[key]), atol=atol, rtol=1e-4,
+                               err_msg=key)
+
+
+def test_default_outputs_and_parameter_count():
+  model = Student()
+  logmel = jax.ShapeDtypeStruct((2, 300, 64), jnp.float32)
+  mask = jax.ShapeDtypeStruct((2, 300), jnp.bool_)
+  variables = jax.eval_shape(model.init, jax.random.key(0), logmel, mask)
+  assert set(variables) == {"params"}  # no batch statistics: nothing depends on the batch
+  n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables))
+  print(f"Student default parameters: {n_params:,}")
+  assert n_params <= 1_000_000
+  out = jax.eval_shape(functools.partial(model.apply, train=False), variables, logmel, mask)
+  assert {k: v.shape for k, v in out.items()} == {
+      "logits": (2, NUM_CLASSES), "embedding": (2, 128), "aligned": (2, 128)}
+  assert all(v.dtype == jnp.float32 for v in out.values())
+
+
+@pytest.mark.parametrize("kwargs, classes", [(dict(num_classes=8), 8),
+                                             (dict(rnn_cell="lstm", rnn_layers=2), NUM_CLASSES)])
+def test_variants(kwargs, classes):
+  model = TINY.clone(**kwargs)
+  logmel = _logmel(np.random.default_rng(1), 2, 20)
+  mask = _mask([20, 11], 20)
+  variables = model.init(jax.random.key(0), logmel, mask)
+  out = model.apply(variables, logmel, mask)
+  assert out["logits"].shape == (2, classes) and out["aligned"].shape == (2, 12)
+  assert all(np.isfinite(np.asarray(v)).all() for v in out.values())
+
+
+@pytest.mark.parametrize("field, kwargs", [
+    ("time_pool", dict(time_pool=(2,))),
+    ("norm_groups", dict(norm_groups=3)),
+    ("rnn_cell", dict(rnn_cell="transformer")),
+])
+def test_bad_config_names_the_field(field, kwargs):
+  with pytest.raises(ValueError, match=field):
+    TINY.clone(**kwargs).init(jax.random.key(0), np.zeros((1, 8, M), np.float32),
+                              np.ones((1, 8), bool))
+
+
+# --- pure helpers -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("per_bin", [False, True])
+def test_normalize_logmel_statistics_over_valid_frames(per_bin):
+  rng = np.random.default_rng(2)
+  x = _logmel(rng, 2, 30)
+  x[0, 20:] = 1e6  # padding garbage must not count
+  mask = _mask([20, 30], 30)
+  y = np.asarray(student_lib.normalize_logmel(x, mask, per_bin=per_bin))
+  assert (y[0, 20:] == 0).all()
+  for i, n in enumerate([20, 30]):
+    valid = y[i, :n]
+    axis = 0 if per_bin else None
+    np.testing.assert_allclose(valid.mean(axis=axis), 0.0, atol=1e-5)
+    np.testing.assert_allclose(valid.var(axis=axis), 1.0, atol=1e-3)
+  # Known answer: one bin, frames (1, 3) -> mean 2, variance 1 -> (-1, 1).
+  y = student_lib.normalize_logmel(np.array([[[1.0], [3.0], [9.0]]]), [[1, 1, 0]], eps=0.0)
+  np.testing.assert_allclose(y[0, :, 0], [-1.0, 1.0, 0.0])
+
+
+def test_normalize_logmel_empty_and_constant_are_finite():
+  y = student_lib.normalize_logmel(np.full((2, 5, 3), 4.0, np.float32), _mask([0, 5], 5))
+  np.testing.assert_array_equal(np.asarray(y), 0.0)
+
+
+def test_downsample_mask_known_answers():
+  mask = _mask([5, 4, 0, 1], 7)
+  np.testing.assert_array_equal(np.asarray(student_lib.downsample_mask(mask, 2)),
+                                _mask([3, 2, 0, 1], 4))
+  np.testing.assert_array_equal(np.asarray(student_lib.downsample_mask(mask, 3)),
+                                _mask([2, 2, 0, 1], 3))
+
+
+# --- masking, batch independence, invariances ---------------------------------------------------
+
+def test_padding_never_changes_outputs():
+  rng = np.random.default_rng(3)
+  clip = _logmel(rng, 1, 37)
+  alone = APPLY(_tiny_params(), clip, np.ones((1, 37), bool))
+  for f, fill in ((48, np.nan), (64, 50.0)):
+    padded = np.full((1, f, M), fill, np.float32)
+    padded[:, :37] = clip
+    _allclose(APPLY(_tiny_params(), padded, _mask([37], f)), alone)
+
+
+def test_examples_do_not_depend_on_the_rest_of_the_batch():
+  rng = np.random.default_rng(4)
+  batch = _logmel(rng, 3, 48)
+  lengths = [48, 29, 13]
+  out = APPLY(_tiny_params(), batch, _mask(lengths, 48))
+  for i, n in enumerate(lengths):
+    alone = APPLY(_tiny_params(), batch[i:i + 1, :n], np.ones((1, n), bool))
+    _allclose({k: v[i:i + 1] for k, v in out.items()}, alone)
+
+
+def test_recording_gain_and_channel_colouring_invariance():
+  rng = np.random.default_rng(5)
+  x = _logmel(rng, 2, 32)
+  mask = _mask([32, 21], 32)
+  base = APPLY(_tiny_params(), x, mask)
+  _allclose(APPLY(_tiny_params(), x + 3.0, mask), base, atol=1e-4)  # a louder recording
+  per_bin = TINY.clone(norm_per_bin=True)
+  apply = jax.jit(per_bin.apply)
+  colouring = np.linspace(-2, 2, M).astype(np.float32)  # a microphone's frequency response
+  _allclose(apply(_tiny_params(), x + colouring, mask), apply(_tiny_params(), x, mask), atol=1e-4)
+
+
+def test_dropout_only_in_training():
+  rng = np.random.default_rng(6)
+  x, mask = _logmel(rng, 2, 24), _mask([24, 17], 24)
+  params = _tiny_params()
+  _allclose(APPLY(params, x, mask, train=False), APPLY(params, x, mask), atol=0)
+  a = APPLY(params, x, mask, train=True, rngs={"dropout": jax.random.key(1)})
+  b = APPLY(params, x, mask, train=True, rngs={"dropout": jax.random.key(2)})
+  assert not np.allclose(np.asarray(a["logits"]), np.asarray(b["logits"]))
+
+
+def test_empty_example_gives_finite_outputs_and_gradients():
+  rng = np.random.default_rng(7)
+  x, mask = _logmel(rng, 2, 24), _mask([24, 0], 24)
+  labels = np.array([3, 1])
+
+  def loss_fn(params):
+    out = TINY.apply(params, x, mask, train=True, rngs={"dropout": jax.random.key(0)})
+    return losses.cross_entropy(out["logits"], labels, mask.any(axis=1)), out
+
+  grads, out = jax.jit(jax.grad(loss_fn, has_aux=True))(_tiny_params())
+  assert all(np.isfinite(np.asarray(v)).all() for v in out.values())
+  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
+def test_bfloat16_compute_runs_close_to_float32():
+  rng = np.random.default_rng(8)
+  x, mask = _logmel(rng, 2, 24), _mask([24, 15], 24)
+  out = jax.jit(TINY.clone(dtype=jnp.bfloat16).apply)(_tiny_params(), x, mask)
+  ref = APPLY(_tiny_params(), x, mask)
+  assert out["logits"].dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(out["logits"]), np.asarray(ref["logits"]), atol=0.1)
+
+
+# --- learning -----------------------------------------------------------------------------------
+
+def test_learns_a_spectral_task():
+  """Two classes that differ only in where a band of energy sits; lengths vary."""
+  rng = np.random.default_rng(9)
+  b, f = 16, 32
+  labels = np.arange(b) % 2
+  x = _logmel(rng, b, f)
+  for i, label in enumerate(labels):
+    start = 0 if label == 0 else M // 2
+    x[i, :, start:start + M // 2] += 3.0
+  mask = _mask(rng.integers(12, f + 1, b), f)
+  valid = np.ones(b, bool)
+  tx = optax.adam(3e-3)
+  params = _tiny_params()
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, key):
+    def loss_fn(p):
+      out = TINY.apply(p, x, mask, train=True, rngs={"dropout": key})
+      return losses.cross_entropy(out["logits"], labels, valid)
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  history = []
+  for i in range(40):
+    params, opt_state, loss = step(params, opt_state, jax.random.key(i))
+    history.append(float(loss))
+  logits = APPLY(params, x, mask)["logits"]
+  accuracy = float(np.mean(np.argmax(np.asarray(logits), axis=-1) == labels))
+  print(f"loss {history[0]:.3f} -> {history[-1]:.3f}, train accuracy {accuracy:.2f}")
+  assert history[-1] < 0.3 * history[0]
+  assert accuracy == 1.0
