@@ -73,7 +73,7 @@ class FaceConfig:
   always_encode: bool = False  # False: encode only where identity is in doubt
   crop_size: int = 64
   crop_channels: int = 1  # 1: grayscale (teacher input), 3: RGB
-  track_every: int = 3  # confirm each track by a window detection every N frames
+  track_every: int = 5  # confirm each track by a window detection every N frames
   track_face_px: int = 80  # the window is rescaled so the face is this big (HOG's window is 80)
   track_margin: float = 0.35  # search window border around the previous box, in box sizes
   track_threshold: float = 0.0  # HOG score a window detection needs (dlib's own default is 0)

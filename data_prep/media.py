@@ -314,13 +314,15 @@ def load_audio(
     video_end_s = 0.0
     damaged = False
     streams = [audio] if video is None else [audio, video]
+    # Time bases as floats once: Fraction arithmetic per packet costs more than the decoding.
+    video_tb = float(video.time_base) if video is not None and video.time_base else 0.0
     try:
       for packet in container.demux(streams):
         if packet.stream is video:
           # Video packets are only measured, never decoded: the video ends after its last frame.
-          if packet.pts is not None:
-            step = _seconds(packet.duration, packet.time_base) or video_step_s
-            video_end_s = max(video_end_s, float(packet.pts * packet.time_base) + step - origin)
+          if packet.pts is not None and video_tb:
+            step = packet.duration * video_tb if packet.duration else video_step_s
+            video_end_s = max(video_end_s, packet.pts * video_tb + step - origin)
           continue
         if expected is not None and expected >= stop_s * source_rate:
           if video is None or video_end_s >= stop_s:
@@ -332,16 +334,17 @@ def load_audio(
             raise MediaError(path, f"audio sample rate changes mid-stream ({source_rate} -> "
                                    f"{frame.sample_rate} Hz)")
           samples = to_mono(frame)
-          if frame.duration and frame.time_base:
+          tick = float(frame.time_base) * source_rate if frame.time_base else 0.0  # samples
+          if frame.duration and tick:
             # Durations are exact only to one time-base tick (FLV: 1 ms), so cut only beyond that.
-            valid = int(round(frame.duration * frame.time_base * source_rate))
-            if len(samples) - valid > frame.time_base * source_rate:
+            valid = int(round(frame.duration * tick))
+            if len(samples) - valid > tick:
               samples = samples[:valid]
           start = expected
           if frame.time is not None:
             stamped = int(round((frame.time - origin) * source_rate))
             # Follow the timestamps only across real gaps or overlaps, not their rounding.
-            tolerance = max(2, int(math.ceil(float(frame.time_base * source_rate))))
+            tolerance = max(2, int(math.ceil(tick)))
             if start is None or abs(stamped - start) > tolerance:
               start = stamped
           if start is None:

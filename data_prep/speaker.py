@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.spatial
 import sklearn.cluster
 import sklearn.metrics
 
+from data_prep import faces
 from data_prep import features
 from data_prep.faces import Track, TrackingResult
 
@@ -235,3 +237,52 @@ def _choose_by_av(tracking: TrackingResult, audio: np.ndarray | None,
             "speaker_identity": best, "speaker_score": rows[best]["score"] if rows else 0.0}
   return SpeakerChoice("av", sorted(t.track_id for t in speaker), _per_frame(tracking, speaker),
                        scores)
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring a choice against known boxes (generated clips, composites with a pasted bystander).
+
+
+def chosen_boxes(tracking: TrackingResult,
+                 choice: SpeakerChoice) -> list[tuple[float, faces.Box | None]]:
+  """Per sampled frame, its timestamp and the chosen speaker's box (None where none is chosen)."""
+  boxes = {t.track_id: dict(zip(t.frame_indices, t.boxes)) for t in tracking.tracks}
+  return [(t, boxes[k][i] if k >= 0 else None)
+          for i, (t, k) in enumerate(zip(tracking.timestamps, choice.per_frame))]
+
+
+def isolation_scores(chosen: Sequence[tuple[float, Sequence[int] | None]],
+                     speaker_boxes: Sequence[Sequence[int] | None], fps: float,
+                     bystander_boxes: Sequence[Sequence[int] | None] | None = None,
+                     iou_threshold: float = 0.4) -> tuple[float, float]:
+  """(share of the true speaker's frames given to the speaker, share of bystander frames taken).
+
+  `chosen` holds, per sampled frame, its timestamp (seconds on the video clock) and the chosen
+  speaker box or None (see `chosen_boxes`). The ground truth is indexed by video frame at `fps`:
+  `speaker_boxes[i]` and `bystander_boxes[i]` are the [top, right, bottom, left] boxes of the
+  true speaker and of the bystander in video frame i, or None where that face is not on screen
+  (or not known). A sampled frame at t is matched to video frame round(t * fps), and the chosen
+  box lands on a face when their IoU exceeds `iou_threshold`. A clip without a speaker (or a
+  bystander) frame scores 0 on that side.
+  """
+  n = len(speaker_boxes)
+  if n == 0:
+    raise ValueError("isolation_scores: speaker_boxes is empty")
+  if fps <= 0:
+    raise ValueError(f"isolation_scores: fps must be positive, got {fps}")
+  if bystander_boxes is None:
+    bystander_boxes = [None] * n
+  if len(bystander_boxes) != n:
+    raise ValueError(f"isolation_scores: {len(bystander_boxes)} bystander boxes for {n} speaker "
+                     f"boxes; both must have one entry per video frame")
+  speaker_hits = speaker_frames = bystander_hits = bystander_frames = 0
+  for t, box in chosen:
+    video_frame = min(int(round(t * fps)), n - 1)
+    true_speaker, true_bystander = speaker_boxes[video_frame], bystander_boxes[video_frame]
+    if true_speaker is not None:
+      speaker_frames += 1
+      speaker_hits += box is not None and faces.iou(box, true_speaker) > iou_threshold
+    if true_bystander is not None:
+      bystander_frames += 1
+      bystander_hits += box is not None and faces.iou(box, true_bystander) > iou_threshold
+  return speaker_hits / max(speaker_frames, 1), bystander_hits / max(bystander_frames, 1)

@@ -1091,3 +1091,127 @@ def make_demo_corpus(out_dir: PathLike, n_clips: int = 105, seed: int = 0,
       f.write(json.dumps(record) + "\n")
   return records
 
+
+
+# --------------------------------------------------------------------------------------------------
+# Composites: a still face from a packaged photograph pasted into a real clip as a bystander.
+# --------------------------------------------------------------------------------------------------
+
+_PATCH_MARGIN = 0.12  # border kept around the face box, in face heights
+# Generated scenes with a bystander that speaker-isolation tests and benchmarks share:
+# (face emotion, voice emotion, speaker, bystander, seed) for `make_clip`; bystanders of several
+# identities and emotions, congruent and incongruent voices.
+ISOLATION_SCENES: tuple[tuple[str, str, str, str, int], ...] = (
+    ("happy", "happy", "grace_hopper", "lfw_002", 11),
+    ("sad", "angry", "astronaut", "lfw_011", 12),
+    ("surprise", "fear", "lfw_003", "lfw_029", 13),
+    ("neutral", "sad", "lfw_027", "lfw_045", 14),
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _identity_face_box(identity: str) -> tuple[int, int, int, int]:
+  """The largest face HOG finds in an identity's photograph (the one `_identity` rigs)."""
+  return _largest_face(_identity(identity)[0], f"identity {identity!r}")
+
+
+def _largest_face(photo: np.ndarray, name: str) -> tuple[int, int, int, int]:
+  boxes = face_recognition.face_locations(photo)
+  if not boxes:
+    raise ValueError(f"{name}: no face found in its photograph")
+  return max(boxes, key=lambda b: (b[2] - b[0]) * (b[1] - b[3]))
+
+
+def face_patch(identity_or_photo: str | np.ndarray, face_px: int,
+               margin: float = _PATCH_MARGIN) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+  """A photograph cropped around its largest face, scaled so the face box is `face_px` tall.
+
+  `identity_or_photo` is an identity (`SPEAKERS`, `BYSTANDERS`, any `lfw_NNN`) or an HxWx3 uint8
+  RGB photograph. The crop keeps `margin` face heights around HOG's face box (less where the
+  photograph ends). Returns the patch (uint8 RGB) and the face box inside it, [top, right, bottom,
+  left] pixels.
+  """
+  if face_px < 1:
+    raise ValueError(f"face_px must be >= 1, got {face_px}")
+  if isinstance(identity_or_photo, str):
+    photo = _identity(identity_or_photo)[0]
+    top, right, bottom, left = _identity_face_box(identity_or_photo)
+  else:
+    photo = np.asarray(identity_or_photo)
+    if photo.dtype != np.uint8 or photo.ndim != 3 or photo.shape[2] != 3:
+      raise ValueError(f"face_patch expects an HxWx3 uint8 RGB photo, got {photo.shape} "
+                       f"{photo.dtype}")
+    top, right, bottom, left = _largest_face(photo, "photo")
+  pad = margin * (bottom - top)
+  y0, x0 = int(max(0, top - pad)), int(max(0, left - pad))
+  patch = photo[y0:int(bottom + pad), x0:int(right + pad)]
+  scale = face_px / (bottom - top)
+  patch = cv2.resize(patch, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+  box = tuple(int(round(v)) for v in ((top - y0) * scale, (right - x0) * scale,
+                                      (bottom - y0) * scale, (left - x0) * scale))
+  return patch, box
+
+
+def paste(rgb: np.ndarray, patch: np.ndarray, top: int, left: int) -> np.ndarray:
+  """A copy of the frame `rgb` with `patch` covering it from pixel (top, left) on."""
+  height, width = rgb.shape[:2]
+  h, w = patch.shape[:2]
+  if top < 0 or left < 0 or top + h > height or left + w > width:
+    raise ValueError(f"a {h}x{w} patch at (top={top}, left={left}) does not fit in a "
+                     f"{height}x{width} frame")
+  out = rgb.copy()
+  out[top:top + h, left:left + w] = patch
+  return out
+
+
+def composite_clip(src_path: PathLike, out_path: PathLike, patch: np.ndarray,
+                   position: tuple[int, int], face_box: Sequence[int], fps: float | None = None,
+                   sample_rate: int = SAMPLE_RATE) -> dict[str, Any]:
+  """Writes the clip `src_path` with a still `patch` pasted at `position`, as an MP4 at `out_path`.
+
+  `position` is the patch's (top, left) in frame pixels and `face_box` the face inside the patch
+  ([top, right, bottom, left], as `face_patch` returns it). Frames come from `media.iter_frames`:
+  every frame at the source's own rate when `fps` is None, else sampled at `fps`; the source's
+  audio (when it has any) is kept, at `sample_rate`.
+
+  Returns the ground truth, in `make_clip`'s terms: path, source, fps, num_frames, width, height,
+  and per written video frame `bystander_boxes`, the pasted face's [top, right, bottom, left].
+  """
+  src_path, out_path = str(src_path), str(out_path)
+  info = media.probe(src_path)
+  if not info.has_video:
+    raise media.MediaError(src_path, "no video stream to paste into")
+  if fps is not None and fps <= 0:
+    raise ValueError(f"{src_path}: fps must be positive, got {fps}")
+  top, left = (int(v) for v in position)
+  h, w = patch.shape[:2]
+  if top < 0 or left < 0 or top + h > info.height or left + w > info.width:
+    raise ValueError(f"{src_path}: a {h}x{w} patch at (top={top}, left={left}) does not fit in "
+                     f"its {info.height}x{info.width} frames")
+  face_top, face_right, face_bottom, face_left = (int(v) for v in face_box)
+  if not 0 <= face_top < face_bottom <= h or not 0 <= face_left < face_right <= w:
+    raise ValueError(f"{src_path}: face box {tuple(face_box)} is not inside the {h}x{w} patch")
+  rate = info.fps if fps is None else fps
+  # Sampling at twice the nominal rate yields every decoded frame (timestamps rounded to the
+  # container's tick would make some miss an exact-rate sampling grid).
+  sampling = 2.0 * info.fps if fps is None else fps
+  count = 0
+
+  def frames() -> Iterator[np.ndarray]:
+    nonlocal count
+    for frame in media.iter_frames(src_path, sampling):
+      count += 1
+      yield paste(frame.rgb, patch, top, left)
+
+  audio = media.load_audio(src_path, sample_rate) if info.has_audio else None
+  media.write_video(out_path, frames(), rate, audio, sample_rate)
+  box = [top + face_top, left + face_right, top + face_bottom, left + face_left]
+  return {
+      "path": out_path,
+      "source": src_path,
+      "fps": rate,
+      "num_frames": count,
+      "width": info.width,
+      "height": info.height,
+      "bystander_boxes": [list(box) for _ in range(count)],
+  }

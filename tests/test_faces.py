@@ -4,45 +4,20 @@ import math
 
 import cv2
 import face_recognition
-import matplotlib.cbook
 import numpy as np
-import PIL.Image
 import pytest
 import skimage.data
 
 from conftest import shared_path
 from data_prep import faces
 from data_prep import media
+from data_prep import synthetic
 
 CLIPS = ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")
 
 
 def cremad_clip(emotion: str) -> str:
   return str(shared_path("cremad", "video") / f"1001_DFA_{emotion}_XX.flv")
-
-
-def hopper_patch(face_px: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-  """Grace Hopper's photo cropped around her face, scaled so the face box is about `face_px`.
-
-  Returns the patch and the face box inside it ([top, right, bottom, left]).
-  """
-  with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
-    photo = np.asarray(PIL.Image.open(f).convert("RGB"))
-  top, right, bottom, left = face_recognition.face_locations(photo)[0]
-  margin = 0.12 * (bottom - top)
-  y0, x0 = int(max(0, top - margin)), int(max(0, left - margin))
-  patch = photo[y0:int(bottom + margin), x0:int(right + margin)]
-  scale = face_px / (bottom - top)
-  patch = cv2.resize(patch, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-  box = tuple(int(round(v)) for v in ((top - y0) * scale, (right - x0) * scale,
-                                      (bottom - y0) * scale, (left - x0) * scale))
-  return patch, box
-
-
-def paste(rgb: np.ndarray, patch: np.ndarray, top: int, left: int) -> np.ndarray:
-  out = rgb.copy()
-  out[top:top + patch.shape[0], left:left + patch.shape[1]] = patch
-  return out
 
 
 def eye_angle_deg(landmarks: np.ndarray) -> float:
@@ -240,7 +215,7 @@ def test_face_leaving_and_reentering_keeps_its_track():
 def test_moving_faces_keep_their_own_tracks(detect_every):
   frames = list(media.iter_frames(cremad_clip("NEU")))
   speaker_box = face_recognition.face_locations(frames[0].rgb)[0]
-  patch, face_in_patch = hopper_patch(90)
+  patch, face_in_patch = synthetic.face_patch("grace_hopper", 90)
   height, width = frames[0].rgb.shape[:2]
   pan, drop = -3, 2  # px per sampled frame: the actor pans left, the bystander moves down
   truth = []
@@ -250,7 +225,7 @@ def test_moving_faces_keep_their_own_tracks(detect_every):
     moved = cv2.warpAffine(frame.rgb, np.float32([[1, 0, pan * k], [0, 1, 0]]), (width, height),
                            borderMode=cv2.BORDER_REPLICATE)
     top, left = 40 + drop * k, width - patch.shape[1] - 10
-    scene.append(media.Frame(k, frame.timestamp_s, paste(moved, patch, top, left)))
+    scene.append(media.Frame(k, frame.timestamp_s, synthetic.paste(moved, patch, top, left)))
     truth.append((centre(speaker_box) + [pan * k, 0],
                   centre(face_in_patch) + [left, top]))
   result = faces.track_faces(scene, faces.FaceConfig(detect_every=detect_every))
@@ -265,6 +240,60 @@ def test_moving_faces_keep_their_own_tracks(detect_every):
   assert {int(np.argmin(np.array([[np.linalg.norm(centre(b) - truth[f][w]) for w in (0, 1)]
                                   for f, b in zip(t.frame_indices, t.boxes)]).mean(0)))
           for t in long_tracks} == {0, 1}
+
+
+def test_face_patch_and_paste():
+  patch, box = synthetic.face_patch("grace_hopper", 90)
+  top, right, bottom, left = box
+  assert bottom - top == 90 and 0 <= top and 0 <= left and right <= patch.shape[1]
+  # The face is found again where the box says.
+  found = face_recognition.face_locations(patch)
+  assert len(found) == 1 and faces.iou(found[0], box) > 0.5
+  # A photograph works like a packaged identity: the astronaut's face, 60 px tall.
+  patch, box = synthetic.face_patch(skimage.data.astronaut(), 60)
+  assert box[2] - box[0] == 60 and patch.dtype == np.uint8
+  with pytest.raises(ValueError, match="no face found"):
+    synthetic.face_patch(np.zeros((100, 100, 3), np.uint8), 60)
+  with pytest.raises(ValueError, match="unknown identity"):
+    synthetic.face_patch("nobody", 60)
+  frame = np.zeros((40, 60, 3), np.uint8)
+  pasted = synthetic.paste(frame, np.full((10, 20, 3), 7, np.uint8), 30, 40)
+  assert pasted[30:, 40:].min() == 7 and pasted.sum() == 7 * 10 * 20 * 3 and frame.sum() == 0
+  with pytest.raises(ValueError, match="does not fit"):
+    synthetic.paste(frame, np.zeros((10, 21, 3), np.uint8), 30, 40)
+
+
+@pytest.mark.parametrize("fps", [None, 10.0])
+def test_composite_clip_ground_truth_is_where_the_face_is(tmp_path, fps):
+  source = cremad_clip("SAD")
+  info = media.probe(source)
+  patch, box = synthetic.face_patch("grace_hopper", 90)
+  position = (30, info.width - patch.shape[1] - 5)
+  out = tmp_path / "composite.mp4"
+  truth = synthetic.composite_clip(source, out, patch, position, box, fps=fps)
+  written = list(media.iter_frames(out, 1000.0))  # every frame
+  assert truth["num_frames"] == len(written) == len(truth["bystander_boxes"])
+  if fps is None:  # every source frame, at the source's rate
+    assert truth["fps"] == pytest.approx(info.fps)
+    assert truth["num_frames"] == round(info.duration_s * info.fps)
+  else:
+    assert truth["fps"] == fps
+    assert truth["num_frames"] == len(list(media.iter_frames(source, fps)))
+  expected = [position[0] + box[0], position[1] + box[1], position[0] + box[2],
+              position[1] + box[3]]
+  assert all(b == expected for b in truth["bystander_boxes"])
+  for frame in (written[0], written[-1]):
+    found = face_recognition.face_locations(frame.rgb)
+    assert max(faces.iou(f, expected) for f in found) > 0.5
+    # The actor is still there, away from the pasted patch.
+    assert any(f[1] < position[1] for f in found)
+  # The source's audio comes along, on the same clock.
+  audio, original = media.load_audio(out), media.load_audio(source)
+  n = min(audio.size, original.size)
+  assert abs(audio.size - original.size) <= 16000 * 0.1
+  assert np.corrcoef(audio[:n], original[:n])[0, 1] > 0.9
+  with pytest.raises(ValueError, match="does not fit"):
+    synthetic.composite_clip(source, out, patch, (info.height - 10, 0), box)
 
 
 def test_cnn_detector_finds_the_same_face_as_hog():

@@ -12,47 +12,47 @@ from data_prep import media
 from data_prep import speaker
 from data_prep import synthetic
 
-# (face emotion, voice emotion, speaker, bystander, seed): bystanders of several identities and
-# emotions, congruent and incongruent voices.
-CLIPS = [
-    ("happy", "happy", "grace_hopper", "lfw_002", 11),
-    ("sad", "angry", "astronaut", "lfw_011", 12),
-    ("surprise", "fear", "lfw_003", "lfw_029", 13),
-    ("neutral", "sad", "lfw_027", "lfw_045", 14),
-]
+def scores(truth: dict, frames) -> tuple[float, float]:
+  """isolation_scores against a generated clip's ground truth."""
+  return speaker.isolation_scores(frames, truth["speaker_boxes"], truth["fps"],
+                                  truth["bystander_boxes"])
 
 
-def isolation_scores(truth: dict, frames: list[tuple[float, object]]) -> tuple[float, float]:
-  """(share of the true speaker's frames given to the speaker, share of bystander frames taken).
+def test_isolation_scores_known_values():
+  # Three video frames at 10 fps; the bystander is on screen in the last two only.
+  speaker_boxes = [(0, 50, 50, 0), (0, 50, 50, 0), None]
+  bystander_boxes = [None, (0, 150, 50, 100), (0, 150, 50, 100)]
+  chosen = [(0.0, (0, 50, 50, 0)),  # on the speaker
+            (0.1, (0, 150, 50, 100)),  # on the bystander
+            (0.19, (0, 150, 50, 100)),  # rounds to frame 2: on the bystander again
+            (0.5, None)]  # past the end: the last frame, nothing chosen
+  assert speaker.isolation_scores(chosen, speaker_boxes, 10.0, bystander_boxes) == (0.5, 2 / 3)
+  # A box shifted by 20 px has IoU 30 / 70 with the true one: a hit at 0.4, a miss at 0.5.
+  shifted = [(0.0, (0, 70, 50, 20))]
+  assert speaker.isolation_scores(shifted, speaker_boxes, 10.0)[0] == 1.0
+  assert speaker.isolation_scores(shifted, speaker_boxes, 10.0, iou_threshold=0.5)[0] == 0.0
+  # No bystander anywhere: nothing to take.
+  assert speaker.isolation_scores(chosen[:1], speaker_boxes, 10.0) == (1.0, 0.0)
+  with pytest.raises(ValueError, match="one entry per video frame"):
+    speaker.isolation_scores(chosen, speaker_boxes, 10.0, bystander_boxes[:2])
+  with pytest.raises(ValueError, match="fps must be positive"):
+    speaker.isolation_scores(chosen, speaker_boxes, 0.0)
 
-  `frames` holds, per sampled frame, its timestamp and the chosen speaker box (or None).
-  """
-  speaker_hits = speaker_frames = bystander_hits = bystander_frames = 0
-  no_bystander = [None] * truth["num_frames"]
-  for t, chosen in frames:
-    video_frame = min(int(round(t * truth["fps"])), truth["num_frames"] - 1)
-    true_speaker = truth["speaker_boxes"][video_frame]
-    true_bystander = (truth.get("bystander_boxes") or no_bystander)[video_frame]
-    if true_speaker is not None:
-      speaker_frames += 1
-      speaker_hits += chosen is not None and faces.iou(chosen, true_speaker) > 0.4
-    if true_bystander is not None:
-      bystander_frames += 1
-      bystander_hits += chosen is not None and faces.iou(chosen, true_bystander) > 0.4
-  return speaker_hits / max(speaker_frames, 1), bystander_hits / max(bystander_frames, 1)
 
-
-def chosen_boxes(tracking: faces.TrackingResult, choice: speaker.SpeakerChoice):
-  boxes = {t.track_id: dict(zip(t.frame_indices, t.boxes)) for t in tracking.tracks}
-  return [(t, boxes[k][i] if k >= 0 else None)
-          for i, (t, k) in enumerate(zip(tracking.timestamps, choice.per_frame))]
+def test_chosen_boxes_follow_the_chosen_track_per_frame():
+  tracks = [faces.Track(0, [0, 1], [(0, 50, 50, 0), (1, 51, 51, 1)]),
+            faces.Track(1, [1, 2], [(0, 150, 50, 100), (2, 152, 52, 102)])]
+  tracking = faces.TrackingResult(tracks, [0.0, 0.1, 0.2, 0.3], 4, (100, 200), 0, 0, 0, 0, {})
+  choice = speaker.SpeakerChoice("av", [0, 1], np.array([0, 0, 1, -1]), {})
+  assert speaker.chosen_boxes(tracking, choice) == [
+      (0.0, (0, 50, 50, 0)), (0.1, (1, 51, 51, 1)), (0.2, (2, 152, 52, 102)), (0.3, None)]
 
 
 @pytest.fixture(scope="module")
 def bystander_clips(tmp_path_factory):
   folder = tmp_path_factory.mktemp("bystanders")
   clips = []
-  for face, voice, speaker_id, bystander, seed in CLIPS:
+  for face, voice, speaker_id, bystander, seed in synthetic.ISOLATION_SCENES:
     path = folder / f"{speaker_id}_{seed}.mp4"
     truth = synthetic.make_clip(path, face, voice, speaker=speaker_id, bystander=bystander,
                                 duration_s=3.0, seed=seed)
@@ -65,7 +65,7 @@ def bystander_clips(tmp_path_factory):
 def test_speaker_chosen_over_bystander(bystander_clips, method):
   for truth, tracking, audio in bystander_clips:
     choice = speaker.choose_speaker(tracking, audio, 16000, method)
-    covered, taken = isolation_scores(truth, chosen_boxes(tracking, choice))
+    covered, taken = scores(truth, speaker.chosen_boxes(tracking, choice))
     assert covered >= 0.95, (method, truth["clip_id"], covered)
     assert taken <= 0.02, (method, truth["clip_id"], taken)
 
@@ -73,9 +73,9 @@ def test_speaker_chosen_over_bystander(bystander_clips, method):
 def test_av_is_not_worse_than_cluster(bystander_clips):
   totals = {}
   for method in speaker.METHODS:
-    scores = [isolation_scores(t, chosen_boxes(tr, speaker.choose_speaker(tr, a, 16000, method)))
-              for t, tr, a in bystander_clips]
-    totals[method] = np.mean([covered - taken for covered, taken in scores])
+    pairs = [scores(t, speaker.chosen_boxes(tr, speaker.choose_speaker(tr, a, 16000, method)))
+             for t, tr, a in bystander_clips]
+    totals[method] = np.mean([covered - taken for covered, taken in pairs])
   assert totals["av"] >= totals["cluster"] - 1e-9, totals
 
 
@@ -91,5 +91,5 @@ def test_demo_corpus_speaker_found_in_90_percent_of_sampled_frames(tmp_path):
     # What OUT/tracks/<clip_id>.json says is enough to score the isolation.
     tracks = json.loads((tmp_path / "out" / "tracks" / f"{spec.clip_id}.json").read_text())
     frames = [(f["timestamp_s"], f["boxes"].get(str(f["speaker_track"]))) for f in tracks["frames"]]
-    covered.append(isolation_scores(truths[spec.clip_id], frames)[0])
+    covered.append(scores(truths[spec.clip_id], frames)[0])
   assert np.mean(covered) >= 0.9 and min(covered) >= 0.8, covered

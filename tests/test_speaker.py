@@ -9,7 +9,8 @@ import pytest
 from data_prep import faces
 from data_prep import media
 from data_prep import speaker
-from test_faces import CLIPS, cremad_clip, hopper_patch, paste
+from data_prep import synthetic
+from test_faces import CLIPS, cremad_clip
 
 SR = 16000
 FPS = 10.0
@@ -154,15 +155,16 @@ def compose(tmp_path, name, bystander_scale, config=faces.FaceConfig()):
   path = cremad_clip(name)
   frames = list(media.iter_frames(path))
   speaker_box = face_recognition.face_locations(frames[0].rgb)[0]
-  patch, _ = hopper_patch(int(round((speaker_box[2] - speaker_box[0]) * bystander_scale)))
+  face_px = int(round((speaker_box[2] - speaker_box[0]) * bystander_scale))
+  patch, _ = synthetic.face_patch("grace_hopper", face_px)
   height, width = frames[0].rgb.shape[:2]
   left = width - patch.shape[1] - 5
   assert left > speaker_box[1], "the bystander must not cover the speaker"
   regions = [(20 + k, left + patch.shape[1], 20 + k + patch.shape[0], left)
              for k in range(len(frames))]
   out = tmp_path / f"{name}_{bystander_scale}.mp4"
-  media.write_video(out, (paste(f.rgb, patch, r[0], r[3]) for f, r in zip(frames, regions)),
-                    fps=FPS, audio=media.load_audio(path, SR), sample_rate=SR)
+  scene = (synthetic.paste(f.rgb, patch, r[0], r[3]) for f, r in zip(frames, regions))
+  media.write_video(out, scene, fps=FPS, audio=media.load_audio(path, SR), sample_rate=SR)
   tracking = faces.track_faces(media.iter_frames(out), config)
   # Ground truth: detect once, the face that does not overlap the pasted region is the actor's.
   first = next(media.iter_frames(out)).rgb
