@@ -111,10 +111,11 @@ class FaceConfig:
         raise ValueError(f"FaceConfig.{name} must be in (0, 1], got {value}")
 
 
-# The original study's approach and the speed baseline: detect (on RGB, as face_recognition's
-# face_locations does) and encode every sampled frame at full resolution.
-NAIVE = FaceConfig(detect_max_side=None, detect_every=1, detect_gray=False, encode_every_s=0.0,
-                   always_encode=True, track_every=1)
+# The original study's approach and the speed baseline: face_recognition's defaults
+# (`face_locations(frame)`: HOG on the RGB frame at full resolution, upsampled once) and an
+# encoding of every face, on every sampled frame.
+NAIVE = FaceConfig(detect_max_side=None, upsample=1, detect_every=1, detect_gray=False,
+                   encode_every_s=0.0, always_encode=True, track_every=1)
 
 
 @dataclasses.dataclass
