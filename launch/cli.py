@@ -11,7 +11,7 @@ from absl import app
 # and a main(argv).
 SUBCOMMANDS = {
     "prep": ("launch.prep", "build a corpus: speaker face tracks + log-mel -> TFRecords"),
-    "train": (None, "train the teacher or the student"),
+    "train": ("launch.train", "train the teacher or the student"),
     "evaluate": (None, "calibrate, measure divergence on (in)congruent pairs, pick the threshold"),
     "detect": (None, "one video -> face/voice emotion timelines, divergence, flagged segments"),
     "analyze": (None, "emotion timelines before/after speaker isolation, co-occurrence tables"),
