@@ -7,6 +7,8 @@ Arguments after the colon (comma-separated key=value; a bare key means True):
   runlocal       shrink data, model and schedule so the run takes seconds (tests, smoke runs)
   corpus         prepared corpus name: `kd-mh prep --corpus=NAME` (tfds name kd_mh_NAME)
   data_dir       its tfds directory (`kd-mh prep --out=OUT` -> OUT/tfds)
+  classes        the class set learnt: "" (the seven emotions) or "ravdess" (its eight, calm apart;
+                 folded onto neutral for distillation)
   teacher        "fer2013" (the pretrained FER2013 teacher), "random", or a teacher run's workdir
   pair_corpus    a face corpus to borrow faces from, for speech corpora without faces (RAVDESS);
                  empty: the corpus's own faces
@@ -21,7 +23,7 @@ from kd_mh import train
 
 def get_config(arg=None):
   arg = train.parse_config_arg(arg, runlocal=False, corpus="demo", data_dir="out/demo/tfds",
-                               teacher="fer2013", pair_corpus="", pair_data_dir="")
+                               classes="", teacher="fer2013", pair_corpus="", pair_data_dir="")
   config = ml_collections.ConfigDict()
   config.mode = "student"
   config.seed = 0
@@ -29,6 +31,7 @@ def get_config(arg=None):
   config.data = ml_collections.ConfigDict()
   config.data.data_dir = arg.data_dir
   config.data.name = f"kd_mh_{arg.corpus}"
+  config.data.classes = arg.classes  # "": the seven emotions; "ravdess": RAVDESS's own eight
   config.data.train_split = "train"
   config.data.eval_split = "validation"  # empty: no evaluation
   config.data.max_frames = 16  # face frames per clip (1.6 s at 10 fps, uniformly subsampled)
@@ -45,15 +48,7 @@ def get_config(arg=None):
   config.num_train_steps = 3000
   config.stop_after_steps = 0  # end this run early at this step (0: never); a rerun resumes
 
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.warmup_steps = 200
-  config.optimizer.end_learning_rate_factor = 0.01
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.b1 = 0.9
-  config.optimizer.b2 = 0.999
-  config.optimizer.eps = 1e-8
-  config.optimizer.grad_clip_norm = 1.0
+  config.optimizer = train.optimizer_config(learning_rate=1e-3, warmup_steps=200)
 
   config.teacher = ml_collections.ConfigDict()
   config.teacher.init = arg.teacher
@@ -63,7 +58,9 @@ def get_config(arg=None):
   config.student.model = ml_collections.ConfigDict({
       "conv_features": (16, 32, 64), "time_pool": (2, 2, 2), "mel_pool": (2, 2, 2),
       "norm_groups": 8, "rnn_cell": "gru", "rnn_hidden": 128, "rnn_layers": 1,
-      "embed_dim": 128, "attention_hidden": 64, "dropout_rate": 0.3})
+      "embed_dim": 128, "attention_hidden": 64, "dropout_rate": 0.3,
+      # SpecAugment in training: two bands of up to 0.4 s and two of up to 8 mel bins zeroed
+      "time_masks": 2, "time_mask_width": 40, "mel_masks": 2, "mel_mask_width": 8})
 
   config.loss = ml_collections.ConfigDict()
   config.loss.temperature = 2.0
@@ -88,7 +85,8 @@ def get_config(arg=None):
     config.optimizer.warmup_steps = 0
     config.student.model.update({
         "conv_features": (8, 16), "time_pool": (2, 2), "mel_pool": (2, 2), "norm_groups": 4,
-        "rnn_hidden": 16, "embed_dim": 32, "attention_hidden": 16})
+        "rnn_hidden": 16, "embed_dim": 32, "attention_hidden": 16, "time_masks": 0,
+        "mel_masks": 0})
     config.log_every_steps = 1
     config.eval_every_steps = config.checkpoint_every_steps = 2
   return config

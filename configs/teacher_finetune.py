@@ -40,15 +40,8 @@ def get_config(arg=None):
   config.num_train_steps = 1000
   config.stop_after_steps = 0  # end this run early at this step (0: never); a rerun resumes
 
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.learning_rate = 3e-4  # low: the backbone is pretrained
-  config.optimizer.warmup_steps = 50
-  config.optimizer.end_learning_rate_factor = 0.01
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.b1 = 0.9
-  config.optimizer.b2 = 0.999
-  config.optimizer.eps = 1e-8
-  config.optimizer.grad_clip_norm = 1.0
+  # A low learning rate: the backbone is pretrained.
+  config.optimizer = train.optimizer_config(learning_rate=3e-4, warmup_steps=50)
 
   config.teacher = ml_collections.ConfigDict()
   config.teacher.init = arg.init

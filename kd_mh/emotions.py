@@ -168,3 +168,36 @@ def from_name(name: str, contempt: str = _DROP, boredom: str = _DROP, calm: str 
   extra = {"contempt": _policy(contempt, "contempt"), "boredom": _policy(boredom, "boredom"),
        "calm": _policy(calm, "calm")}
   return _resolve(key, _SYNONYMS, extra)
+
+
+# Class sets a speech model can be trained and scored on (`config.data.classes`). "fer" is the
+# shared seven; a corpus's native set (e.g. RAVDESS's eight, with calm) is read from each
+# example's `label_name`, and folds onto the seven (`fold_onto_fer`) wherever the model meets
+# the teacher (distillation, agreement).
+CLASS_SETS: Mapping[str, tuple[str, ...]] = types.MappingProxyType({
+    "fer": EMOTIONS,
+    "ravdess": RAVDESS_NATIVE_CLASSES,
+})
+
+
+def class_set(name: str) -> tuple[str, ...]:
+  """The class names of a class set; "" means the seven FER2013 emotions."""
+  try:
+    return CLASS_SETS[name or "fer"]
+  except KeyError:
+    raise LabelError(f"unknown class set {name!r}; one of {', '.join(CLASS_SETS)}") from None
+
+
+def fold_onto_fer(classes: tuple[str, ...]) -> tuple[int, ...]:
+  """Per class of a set, the FER2013 emotion it counts as (calm as neutral).
+
+  Raises LabelError when a class has no FER2013 counterpart or an emotion gets no class: the
+  folded distribution must be a distribution over all seven.
+  """
+  folded = tuple(from_name(name, calm="neutral") for name in classes)
+  missing = [EMOTIONS[k] for k in range(NUM_CLASSES) if k not in folded]
+  if UNLABELLED in folded or missing:
+    raise LabelError(f"classes {classes} do not fold onto the seven emotions (unmapped: "
+                     f"{[c for c, k in zip(classes, folded) if k == UNLABELLED]}, "
+                     f"missing: {missing})")
+  return folded

@@ -13,7 +13,10 @@ Every batch is a dict of arrays with a leading example axis of the per-process b
   face_mask     bool [B, max_frames]            frames that hold a face
   logmel        float32 [B, max_logmel_frames, M]  centre crop when longer, zero-padded when shorter
   logmel_mask   bool [B, max_logmel_frames]
-  label, face_label, voice_label  int32 [B]     as prepared; UNLABELLED (-1) where absent
+  label, face_label, voice_label  int32 [B]     as prepared; UNLABELLED (-1) where absent. With
+                `classes` (a corpus's native class set, e.g. RAVDESS's eight), label is the
+                position of the example's label_name among them and the per-modality labels
+                are UNLABELLED
   example_mask  bool [B]                        False for the padding examples of a last batch
   index         int32 [B]                       the example's position in its split
 
@@ -266,10 +269,22 @@ def _elements(split: Split, pair: Optional[Split], layout: _Layout,
       epoch, first = epoch + 1, 0
 
 
+def _native_labels(classes: tuple[str, ...]):
+  """label_name (any case) -> its position in `classes`, UNLABELLED for other names."""
+  table = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(tf.constant([c.lower() for c in classes]),
+                                          tf.range(len(classes), dtype=tf.int32)),
+      default_value=UNLABELLED)
+  return lambda name: table.lookup(tf.strings.lower(tf.strings.strip(name)))
+
+
 def _dataset(split: Split, pair: Optional[Split], layout: _Layout, start: Position,
-             max_frames: int, max_logmel_frames: int, num_parallel_calls: int) -> tf.data.Dataset:
+             max_frames: int, max_logmel_frames: int, num_parallel_calls: int,
+             classes: Optional[tuple[str, ...]]) -> tf.data.Dataset:
   """The tf.data pipeline of `_elements`: parse, fit to the fixed shapes, batch."""
-  parse = _subset(split.features, _BATCH_FIELDS).deserialize_example
+  fields = _BATCH_FIELDS + (("label_name",) if classes else ())
+  parse = _subset(split.features, fields).deserialize_example
+  native_label = _native_labels(classes) if classes else None
   parse_faces = (_subset(pair.features, _FACE_FIELDS).deserialize_example
                  if pair is not None else None)
 
@@ -281,10 +296,14 @@ def _dataset(split: Split, pair: Optional[Split], layout: _Layout, start: Positi
       ex["face_mask"] = tf.logical_and(borrowed["face_mask"], paired)
     faces, face_mask = _fit_faces(ex["faces"], ex["face_mask"], max_frames)
     logmel, logmel_mask = _fit_logmel(ex["logmel"], ex["logmel_mask"], max_logmel_frames)
+    labels = {k: tf.cast(ex[k], tf.int32) for k in ("label", "face_label", "voice_label")}
+    if native_label is not None:
+      labels = {"label": native_label(ex["label_name"]),
+                "face_label": tf.constant(UNLABELLED, tf.int32),
+                "voice_label": tf.constant(UNLABELLED, tf.int32)}
     return {
         "faces": faces, "face_mask": face_mask, "logmel": logmel, "logmel_mask": logmel_mask,
-        **{k: tf.cast(ex[k], tf.int32) for k in ("label", "face_label", "voice_label")},
-        "example_mask": real, "index": tf.cast(index, tf.int32),
+        **labels, "example_mask": real, "index": tf.cast(index, tf.int32),
     }
 
   signature = (tf.TensorSpec((), tf.string), tf.TensorSpec((), tf.string),
@@ -314,12 +333,15 @@ class Batches:
     pair_with: a face corpus split to borrow faces from (pseudo-pairing); None: the split's own.
     process_index, process_count: this process's slice of each global batch.
     num_parallel_calls: tf.data parallelism of parsing and padding (-1: autotune).
+    classes: label by these class names (matched against label_name, case-insensitively)
+      instead of the prepared 7-class label; None: the prepared labels.
   """
 
   def __init__(self, split: Split, *, batch_size: int, max_frames: int, max_logmel_frames: int,
                seed: int, train: bool, position: Position = Position(),
                pair_with: Optional[Split] = None, process_index: int = 0, process_count: int = 1,
-               num_parallel_calls: int = tf.data.AUTOTUNE):
+               num_parallel_calls: int = tf.data.AUTOTUNE,
+               classes: Optional[tuple[str, ...]] = None):
     if batch_size < 1 or batch_size % process_count:
       raise ValueError(f"batch_size {batch_size} must be a positive multiple of the "
                        f"{process_count} processes")
@@ -345,7 +367,7 @@ class Batches:
                      batches_per_epoch=self.batches_per_epoch)
     self._position = position
     self._iterator = _dataset(split, pair_with, layout, position, max_frames, max_logmel_frames,
-                              num_parallel_calls).as_numpy_iterator()
+                              num_parallel_calls, classes).as_numpy_iterator()
 
   @property
   def position(self) -> Position:

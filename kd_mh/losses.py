@@ -11,7 +11,7 @@ and the losses say so themselves rather than relying on every caller to remember
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,22 +35,41 @@ def _valid_mean(values: Array, mask: Array) -> Array:
   return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1e-12)
 
 
+def fold_log_probs(logits: Array, class_map: Sequence[int], num_targets: int) -> Array:
+  """log_softmax(logits) summed onto coarser classes: [B, K] -> [B, num_targets].
+
+  `class_map[j]` is the target class of class j (e.g. RAVDESS calm and neutral both onto
+  neutral); the probability of a target class is the sum of its classes' probabilities. Every
+  target class needs at least one class.
+  """
+  if len(class_map) != logits.shape[-1]:
+    raise ValueError(f"class_map has {len(class_map)} entries for {logits.shape[-1]} classes")
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  member = jax.nn.one_hot(jnp.asarray(class_map), num_targets, dtype=jnp.bool_)  # [K, targets]
+  return jax.nn.logsumexp(jnp.where(member, log_p[..., :, None], -jnp.inf), axis=-2)
+
+
 def distillation(student_logits: Array, teacher_logits: Array, temperature: float,
-                 mask: Array) -> Array:
+                 mask: Array, class_map: Optional[Sequence[int]] = None) -> Array:
   """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over valid examples.
 
   The T^2 factor (Hinton et al., 2015) keeps the gradient scale, T * (p_s - p_t) per logit,
   comparable across temperatures.
 
   Args:
-    student_logits: [B, K].
+    student_logits: [B, K] (or [B, K'] with `class_map`).
     teacher_logits: [B, K].
     temperature: softening temperature T > 0.
     mask: [B] valid examples (e.g. those that have a teacher output).
+    class_map: for a student with its own classes (e.g. RAVDESS's eight), the teacher class of
+      each; the student's softened distribution is summed onto the teacher's classes
+      (`fold_log_probs`) before the KL.
   """
   log_p_t = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_logits).astype(jnp.float32)
                                / temperature, axis=-1)
-  log_p_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+  scaled = student_logits.astype(jnp.float32) / temperature
+  log_p_s = (jax.nn.log_softmax(scaled, axis=-1) if class_map is None
+             else fold_log_probs(scaled, class_map, teacher_logits.shape[-1]))
   p_t = jnp.exp(log_p_t)
   # 0 * log 0 = 0 where the teacher gives a class no mass.
   kl = jnp.sum(jnp.where(p_t > 0, p_t * (log_p_t - log_p_s), 0.0), axis=-1)
@@ -129,7 +148,8 @@ def total_loss(student_logits: Array, student_aligned: Array, teacher_logits: Ar
                kd_weight: float, align_weight: float, ce_weight: float, temperature: float,
                alignment: Literal["cosine", "info_nce"] = "cosine",
                nce_temperature: float = 0.1,
-               teacher_mask: Array | None = None) -> tuple[Array, dict[str, Array]]:
+               teacher_mask: Array | None = None,
+               class_map: Optional[Sequence[int]] = None) -> tuple[Array, dict[str, Array]]:
   """kd_weight * KD + align_weight * alignment + ce_weight * CE, and the terms.
 
   Args:
@@ -145,13 +165,14 @@ def total_loss(student_logits: Array, student_aligned: Array, teacher_logits: Ar
     nce_temperature: temperature of the InfoNCE similarities.
     teacher_mask: [B] examples the teacher saw (e.g. with at least one face frame); KD and
       alignment use mask & teacher_mask. None: every valid example.
+    class_map: the teacher class of each student class when the two differ (`distillation`).
 
   Returns:
     (loss, {"kd", "align", "ce", "loss"}): float32 scalars; a term without valid examples is 0.
   """
   mask = jnp.asarray(mask, jnp.float32)
   kd_mask = mask if teacher_mask is None else mask * jnp.asarray(teacher_mask, jnp.float32)
-  kd = distillation(student_logits, teacher_logits, temperature, kd_mask)
+  kd = distillation(student_logits, teacher_logits, temperature, kd_mask, class_map)
   if alignment == "cosine":
     align = alignment_cosine(student_aligned, teacher_embedding, kd_mask)
   elif alignment == "info_nce":

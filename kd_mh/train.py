@@ -45,6 +45,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from kd_mh import emotions
 from kd_mh import input_pipeline
 from kd_mh import losses
 from kd_mh import parallel
@@ -94,6 +95,30 @@ def parse_config_arg(arg: Optional[str], **defaults: Any) -> ml_collections.Conf
     else:
       parsed[key] = kind(value)
   return parsed
+
+
+CONFIGS_DIR = epath.Path(__file__).parent.parent / "configs"
+
+
+def load_config(name: str, arg: str = "") -> ml_collections.ConfigDict:
+  """get_config(arg) of a config file: a path, or the name of one in configs/ ("student_kd"), as
+  `kd-mh train --config=FILE:ARG` would build it."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  path = epath.Path(name) if name.endswith(".py") else CONFIGS_DIR / f"{name}.py"
+  if not path.exists():
+    raise ValueError(f"no config file {path}")
+  spec = importlib.util.spec_from_file_location(path.stem, str(path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def optimizer_config(learning_rate: float, warmup_steps: int) -> ml_collections.ConfigDict:
+  """The `config.optimizer` block of every config: AdamW, warmup + cosine decay, clipping."""
+  return ml_collections.ConfigDict({
+      "learning_rate": learning_rate, "warmup_steps": warmup_steps,
+      "end_learning_rate_factor": 0.01,  # the cosine decays to this fraction of the peak
+      "weight_decay": 1e-4, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "grad_clip_norm": 1.0})
 
 
 def _kwargs(config: Any) -> dict[str, Any]:
@@ -153,6 +178,9 @@ class StepSpec:
   teacher: Optional[nn.Module]  # the frozen teacher (mode "student")
   optimizer: OptimizerSpec
   distillation: Optional[DistillationSpec]  # mode "student"
+  # A student with a corpus's own classes (config.data.classes): the FER2013 class of each, onto
+  # which its probabilities are summed wherever it meets the teacher. None: the seven.
+  class_map: Optional[tuple[int, ...]] = None
 
 
 @flax.struct.dataclass
@@ -218,10 +246,17 @@ def _student_loss(spec: StepSpec, out, teacher_out, batch, labels, valid):
   if spec.mode == "student":
     return losses.total_loss(
         out["logits"], out["aligned"], teacher_out["logits"], teacher_out["embedding"], labels,
-        valid, teacher_mask=jnp.any(batch["face_mask"], axis=1),
+        valid, teacher_mask=jnp.any(batch["face_mask"], axis=1), class_map=spec.class_map,
         **dataclasses.asdict(spec.distillation))
   ce = losses.cross_entropy(out["logits"], labels, valid)
   return ce, {"ce": ce, "loss": ce}
+
+
+def predicted_fer_class(logits: jax.Array, spec: StepSpec) -> jax.Array:
+  """The student's top FER2013 class, for agreement with the teacher (its own classes folded)."""
+  if spec.class_map is not None:
+    logits = losses.fold_log_probs(logits, spec.class_map, NUM_CLASSES)
+  return jnp.argmax(logits, axis=-1)
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], teacher_variables: Any,
@@ -259,8 +294,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], teacher_variab
              "correct": jnp.sum(labelled & (predicted == labels)), "labelled": jnp.sum(labelled)}
   if teacher_out is not None:
     with_teacher = valid & jnp.any(batch["face_mask"], axis=1)
-    metrics["agree"] = jnp.sum(with_teacher
-                               & (predicted == jnp.argmax(teacher_out["logits"], axis=-1)))
+    metrics["agree"] = jnp.sum(with_teacher & (predicted_fer_class(out["logits"], spec)
+                                               == jnp.argmax(teacher_out["logits"], axis=-1)))
     metrics["with_teacher"] = jnp.sum(with_teacher)
   return new_state, metrics
 
@@ -290,7 +325,8 @@ def eval_step(state: TrainState, batch: Mapping[str, jax.Array], teacher_variabl
     _, terms = _student_loss(spec, out, teacher_out, batch, labels, valid)
   predicted = jnp.argmax(out["logits"], axis=-1)
   n_labelled = jnp.sum(labelled)
-  sums = {"confusion": confusion_matrix(labels, predicted, labelled), "labelled": n_labelled,
+  sums = {"confusion": confusion_matrix(labels, predicted, labelled, out["logits"].shape[-1]),
+          "labelled": n_labelled,
           "ce": terms["ce"] * n_labelled}
   if spec.mode == "student":
     has_face = jnp.any(batch["face_mask"], axis=1)
@@ -300,7 +336,8 @@ def eval_step(state: TrainState, batch: Mapping[str, jax.Array], teacher_variabl
     face_labels = target_labels(batch, "teacher")
     sums.update(
         with_teacher=n_teacher, kd=terms["kd"] * n_teacher, align=terms["align"] * n_teacher,
-        agree=jnp.sum(with_teacher & (predicted == teacher_predicted)),
+        agree=jnp.sum(with_teacher & (predicted_fer_class(out["logits"], spec)
+                                      == teacher_predicted)),
         teacher_confusion=confusion_matrix(face_labels, teacher_predicted,
                                            batch["example_mask"] & has_face & (face_labels >= 0)))
   return sums
@@ -348,6 +385,18 @@ def summarize_train(window: list[Mapping[str, np.ndarray]]) -> dict[str, float]:
   return metrics
 
 
+def read_scalars(workdir: str) -> dict[str, dict[int, float]]:
+  """The TensorBoard scalars a run wrote to `workdir`: {tag: {step: value}}."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel  (event files only)
+  scalars: dict[str, dict[int, float]] = {}
+  for path in sorted(epath.Path(workdir).glob("events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, {})[event.step] = float(
+            tf.make_ndarray(value.tensor) if value.HasField("tensor") else value.simple_value)
+  return scalars
+
+
 # ---------------------------------------------------------------------------------------------
 # Building a run: models, teacher, checkpoints.
 
@@ -377,13 +426,24 @@ def _optimizer_spec(config: ml_collections.ConfigDict) -> OptimizerSpec:
       grad_clip_norm=float(o.grad_clip_norm))
 
 
+def label_classes(config: ml_collections.ConfigDict) -> Optional[tuple[str, ...]]:
+  """The corpus's own class set the student learns (`config.data.classes`), None for the seven."""
+  name = config.data.get("classes", "")
+  return None if name in ("", "fer") else emotions.class_set(name)
+
+
 def step_spec(config: ml_collections.ConfigDict, teacher: Optional[nn.Module]) -> StepSpec:
+  classes = label_classes(config)
+  class_map = None
   if config.mode == "teacher":
     model = teacher
   else:
     kwargs = _kwargs(config.student.model)
     if teacher is not None:  # the aligned head maps into the teacher's embedding space
       kwargs["teacher_dim"] = teacher_embedding_dim(teacher)
+    if classes is not None:
+      kwargs["num_classes"] = len(classes)
+      class_map = emotions.fold_onto_fer(classes)
     model = student_lib.Student(**kwargs)
   distillation = None
   if config.mode == "student":
@@ -394,7 +454,8 @@ def step_spec(config: ml_collections.ConfigDict, teacher: Optional[nn.Module]) -
         alignment=loss.alignment, nce_temperature=float(loss.nce_temperature))
   return StepSpec(mode=config.mode, model=model,
                   teacher=teacher if config.mode == "student" else None,
-                  optimizer=_optimizer_spec(config), distillation=distillation)
+                  optimizer=_optimizer_spec(config), distillation=distillation,
+                  class_map=class_map)
 
 
 def teacher_embedding_dim(teacher: nn.Module) -> int:
@@ -465,9 +526,9 @@ def model_inputs(config: ml_collections.ConfigDict, split: input_pipeline.Split)
                 n_mels=int(records.n_mels(split.features)))
 
 
-def load_trained(workdir: str, step: Optional[int] = None) -> Trained:
-  """The model of a run in `workdir`: its best checkpoint (or the latest without evaluation), or
-  checkpoint `step`."""
+def load_trained(workdir: str, step: Optional[int] = None, latest: bool = False) -> Trained:
+  """The model of a run in `workdir`: its best checkpoint (or the latest without evaluation), its
+  latest with `latest`, or checkpoint `step`."""
   workdir = epath.Path(workdir)
   config_path = workdir / CONFIG_FILE
   if not config_path.exists():
@@ -479,7 +540,8 @@ def load_trained(workdir: str, step: Optional[int] = None) -> Trained:
              if config.mode != "student_supervised" else None)
   spec = step_spec(config, teacher)
   mngr = _checkpoint_manager(workdir, config, read_only=True)
-  step = mngr.best_step() if step is None else step
+  if step is None:
+    step = mngr.latest_step() if latest else mngr.best_step()
   if step is None:
     raise ValueError(f"{workdir}: no checkpoint")
   sharding = parallel.replicated(parallel.make_mesh())
@@ -515,6 +577,9 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   if config.mode == "student" and config.loss.alignment not in ("cosine", "info_nce"):
     raise ValueError(f"config.loss.alignment must be 'cosine' or 'info_nce', got "
                      f"{config.loss.alignment!r}")
+  if config.mode == "teacher" and label_classes(config) is not None:
+    raise ValueError(f"config.data.classes={config.data.classes!r}: the teacher learns the seven "
+                     "FER2013 emotions; other class sets are for the speech student")
   if config.mode == "teacher" and _pair_faces(config):
     raise ValueError("config.data.pair_faces pairs speech with borrowed faces; the teacher "
                      "trains on a corpus's own faces")
@@ -569,7 +634,8 @@ def evaluate(p_eval, state: TrainState, teacher_variables: Any, split: input_pip
       split, batch_size=config.eval_batch_size, max_frames=config.data.max_frames,
       max_logmel_frames=config.data.max_logmel_frames, seed=config.seed, train=False,
       pair_with=pair_with, process_index=jax.process_index(),
-      process_count=jax.process_count(), num_parallel_calls=config.data.num_parallel_calls)
+      process_count=jax.process_count(), num_parallel_calls=config.data.num_parallel_calls,
+      classes=label_classes(config))
   totals = None
   for local in batches:
     sums = p_eval(state, parallel.global_batch(local, mesh), teacher_variables)
@@ -667,7 +733,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       train_split, batch_size=config.batch_size, max_frames=config.data.max_frames,
       max_logmel_frames=config.data.max_logmel_frames, seed=config.seed, train=True,
       position=position, pair_with=pair_train, process_index=jax.process_index(),
-      process_count=jax.process_count(), num_parallel_calls=config.data.num_parallel_calls)
+      process_count=jax.process_count(), num_parallel_calls=config.data.num_parallel_calls,
+      classes=label_classes(config))
 
   start = int(state.step)
   end = config.num_train_steps

@@ -6,16 +6,20 @@ import importlib
 import sys
 
 from absl import app
+from absl import flags
 
 # subcommand -> (module under launch/, one-line help); each module defines its own absl flags
 # and a main(argv).
 SUBCOMMANDS = {
     "prep": ("launch.prep", "build a corpus: speaker face tracks + log-mel -> TFRecords"),
     "train": ("launch.train", "train the teacher or the student"),
-    "evaluate": (None, "calibrate, measure divergence on (in)congruent pairs, pick the threshold"),
-    "detect": (None, "one video -> face/voice emotion timelines, divergence, flagged segments"),
-    "analyze": (None, "emotion timelines before/after speaker isolation, co-occurrence tables"),
-    "demo": (None, "the whole pipeline on the generated demo corpus"),
+    "evaluate": ("launch.evaluate",
+                 "calibrate, measure divergence on (in)congruent pairs, pick the threshold"),
+    "detect": ("launch.detect",
+               "one video -> face/voice emotion timelines, divergence, flagged segments"),
+    "analyze": ("launch.analyze",
+                "emotion timelines before/after speaker isolation, co-occurrence tables"),
+    "demo": ("launch.demo", "the whole pipeline on the generated demo corpus"),
 }
 
 EXIT_USAGE = 2
@@ -26,6 +30,15 @@ def usage() -> str:
   rows += [f"  {name:<9} {help_}{'' if module else '  [not yet available]'}"
            for name, (module, help_) in SUBCOMMANDS.items()]
   return "\n".join(rows)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad flag or config value exiting EXIT_USAGE (absl exits 1)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"{argv[0]}: {e}\nPass --help to see its flags.", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
 
 
 def main() -> None:
@@ -44,7 +57,7 @@ def main() -> None:
   module = importlib.import_module(module_name)
   # absl prints __main__'s docstring on a usage error: show the subcommand's, with its exit codes.
   sys.modules["__main__"].__doc__ = module.__doc__
-  app.run(module.main, argv=[f"kd-mh {name}"] + sys.argv[2:])
+  app.run(module.main, argv=[f"kd-mh {name}"] + sys.argv[2:], flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ field. Rerunning the same command resumes from the workdir's latest checkpoint. 
 process count and id are detected on TPU pods and SLURM / Open MPI / Kubernetes clusters, or given
 with --coordinator_address, --num_processes and --process_id.
 
-Exit codes: 0 done, 1 training stopped on a non-finite loss, 2 on misuse (flags).
+Exit codes: 0 done, 1 training stopped on a non-finite loss, 2 on misuse (flags, or a config or
+corpus that cannot be used: the message names it).
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ def main(argv):
   except train.NonFiniteError as e:
     print(f"kd-mh train: {e}", file=sys.stderr)
     return 1
+  except ValueError as e:  # a config or data problem, named by the message
+    logging.debug("kd-mh train failed", exc_info=True)
+    print(f"kd-mh train: error: {e}", file=sys.stderr)
+    return 2
   evaluation = ", ".join(f"{k} {v:.4f}" for k, v in result["eval"].items())
   print(f"kd-mh train: step {result['step']} in {_WORKDIR.value}"
         + (f"; validation: {evaluation}" if evaluation else ""))

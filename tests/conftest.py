@@ -23,3 +23,41 @@ def shared_path(*parts: str) -> pathlib.Path:
 @pytest.fixture
 def shared_data():
   return shared_path()
+
+
+def load_config(name: str, arg: str = ""):
+  """configs/<name>.py's get_config(arg), as `kd-mh train --config=configs/<name>.py:arg` does."""
+  from kd_mh import train  # pylint: disable=import-outside-toplevel
+  return train.load_config(name, arg)
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory):
+  """A generated demo corpus of 20 two-second clips, and its preparation (14 train, 3 validation,
+  3 test clips): {"root": the corpus folder, "prepared": the build's output folder,
+  "data_dir": its tfds directory}."""
+  from data_prep import build  # pylint: disable=import-outside-toplevel
+  from data_prep import corpora  # pylint: disable=import-outside-toplevel
+  from data_prep import synthetic  # pylint: disable=import-outside-toplevel
+  tmp = tmp_path_factory.mktemp("demo")
+  synthetic.make_demo_corpus(tmp / "corpus", n_clips=20, seed=0, duration_s=2.0, progress=False)
+  summary = build.build(corpora.read_corpus("demo", str(tmp / "corpus")), tmp / "prepared",
+                        workers=1, corpus="demo", progress=False)
+  assert summary["splits"] == {"train": 14, "validation": 3, "test": 3}
+  return {"root": tmp / "corpus", "prepared": tmp / "prepared",
+          "data_dir": summary["tfds_data_dir"]}
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(demo_corpus, tmp_path_factory):
+  """Tiny (`runlocal`) training runs on `demo_corpus`, offline (randomly initialised teacher):
+  {"teacher": a 2-step teacher workdir, "student": a 4-step student workdir distilled from it}."""
+  from kd_mh import train  # pylint: disable=import-outside-toplevel
+  tmp = tmp_path_factory.mktemp("tiny_runs")
+  data_dir = demo_corpus["data_dir"]
+  teacher = load_config("teacher_finetune", f"runlocal,data_dir={data_dir},init=random")
+  teacher.num_train_steps = 2
+  train.train_and_evaluate(teacher, str(tmp / "teacher"))
+  student = load_config("student_kd", f"runlocal,data_dir={data_dir},teacher={tmp / 'teacher'}")
+  train.train_and_evaluate(student, str(tmp / "student"))
+  return {"teacher": tmp / "teacher", "student": tmp / "student"}

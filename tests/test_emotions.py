@@ -47,3 +47,15 @@ def test_corpus_maps():
   assert emotions.from_ckplus("7") == emotions.index("surprise")
   with pytest.raises(emotions.LabelError):
     emotions.from_meld("bored")
+
+
+def test_class_sets_fold_onto_the_seven():
+  assert emotions.class_set("") == emotions.EMOTIONS
+  ravdess = emotions.class_set("ravdess")
+  folded = emotions.fold_onto_fer(ravdess)
+  assert [emotions.EMOTIONS[k] for k in folded] == [
+      "neutral", "neutral", "happy", "sad", "angry", "fear", "disgust", "surprise"]
+  with pytest.raises(emotions.LabelError, match="unknown class set"):
+    emotions.class_set("emodb")
+  with pytest.raises(emotions.LabelError, match="missing"):
+    emotions.fold_onto_fer(("neutral", "happy"))

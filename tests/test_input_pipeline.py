@@ -224,3 +224,16 @@ def test_pseudo_pairing_borrows_faces_of_the_same_label(paired):
   np.testing.assert_array_equal(partners[0], ip.pair_faces(speech, faces, seed=0, epoch=0))
   assert any(not np.array_equal(partners[0], p) for p in partners[1:])
   assert (partners[0][speech.label == 5] == -1).all()
+
+
+def test_a_native_class_set_labels_by_label_name(tmp_path):
+  names = ["calm", "Neutral", "surprised", "boredom"]  # any case; boredom is not in the set
+  examples = [dict(_example(f"train/n{i}", "train", label=6, face_label=6, voice_label=6),
+                   label_name=name) for i, name in enumerate(names)]
+  split = ip.open_split(_write_corpus(tmp_path, "native", examples), "kd_mh_native", "train")
+  classes = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+  batch = next(_batches(split, train=False, classes=classes))
+  order = batch["index"]
+  np.testing.assert_array_equal(batch["label"], np.array([1, 0, 7, -1])[order])
+  assert (batch["face_label"] == -1).all() and (batch["voice_label"] == -1).all()
+  np.testing.assert_array_equal(next(_batches(split, train=False))["label"], [6, 6, 6, 6])

@@ -237,3 +237,29 @@ def test_losses_are_float32_scalars_from_bfloat16_inputs():
             losses.info_nce(s, t, 0.1, _all(5)), losses.cross_entropy(s, np.arange(5), _all(5)))
   for value in values:
     assert value.shape == () and value.dtype == jnp.float32 and np.isfinite(float(value))
+
+
+def test_folded_probabilities_sum_the_classes_of_each_target():
+  logits = jnp.array([[0.5, -1.0, 2.0, 0.0]])
+  class_map = (1, 0, 1, 2)  # classes 0 and 2 both count as target 1
+  p = np.asarray(jax.nn.softmax(logits))[0]
+  folded = np.exp(np.asarray(losses.fold_log_probs(logits, class_map, 3)))[0]
+  np.testing.assert_allclose(folded, [p[1], p[0] + p[2], p[3]], rtol=1e-6)
+  with pytest.raises(ValueError, match="class_map has 3 entries for 4 classes"):
+    losses.fold_log_probs(logits, (0, 1, 2), 3)
+
+
+def test_distillation_of_a_finer_student_is_the_kl_of_its_folded_distribution():
+  rng = np.random.default_rng(0)
+  student, teacher = rng.normal(size=(5, 8)), rng.normal(size=(5, 7))
+  class_map = (6, 6, 3, 4, 0, 2, 1, 5)  # RAVDESS's eight onto the seven (calm as neutral)
+  t = 2.0
+  p_t = np.asarray(jax.nn.softmax(teacher / t))
+  p_s = np.zeros((5, 7))
+  np.add.at(p_s.T, list(class_map), np.asarray(jax.nn.softmax(student / t)).T)
+  expected = t * t * np.mean(np.sum(p_t * np.log(p_t / p_s), axis=1))
+  got = losses.distillation(jnp.asarray(student), jnp.asarray(teacher), t, jnp.ones(5), class_map)
+  np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+  grads = jax.grad(lambda s: losses.distillation(s, jnp.asarray(teacher), t, jnp.ones(5),
+                                                 class_map))(jnp.asarray(student))
+  assert np.isfinite(np.asarray(grads)).all()

@@ -218,3 +218,42 @@ def test_learns_a_spectral_task():
   print(f"loss {history[0]:.3f} -> {history[-1]:.3f}, train accuracy {accuracy:.2f}")
   assert history[-1] < 0.3 * history[0]
   assert accuracy == 1.0
+
+
+def test_spec_augment_zeroes_bands_inside_the_valid_frames():
+  x = jnp.ones((64, 50, M))
+  lengths = np.full(64, 30)
+  out = np.asarray(student_lib.spec_augment(jax.random.key(0), x, _mask(lengths, 50),
+                                            time_masks=1, time_width=6, mel_masks=1, mel_width=4))
+  for row in out:
+    rows_cut = np.flatnonzero((row == 0).all(axis=1))
+    cols_cut = np.flatnonzero((row == 0).all(axis=0))
+    assert (rows_cut < 30).all()  # time bands lie inside the valid frames...
+    assert len(rows_cut) <= 6 and len(cols_cut) <= 4  # ...bands are at most as wide as asked...
+    for cut in (rows_cut, cols_cut):  # ...and contiguous
+      assert len(cut) == 0 or cut[-1] - cut[0] == len(cut) - 1
+    zeros = row == 0
+    expected = np.zeros_like(zeros)
+    expected[rows_cut] = True
+    expected[:, cols_cut] = True
+    np.testing.assert_array_equal(zeros, expected)  # nothing else is touched
+  widths = [(r == 0).all(axis=1).sum() for r in out]
+  assert len(set(widths)) > 1  # widths are drawn per example
+  again = student_lib.spec_augment(jax.random.key(0), x, _mask(lengths, 50), 1, 6, 1, 4)
+  np.testing.assert_array_equal(out, again)
+
+
+def test_spec_augment_acts_in_training_only():
+  model = TINY.clone(time_masks=2, time_mask_width=8, mel_masks=2, mel_mask_width=4,
+                     dropout_rate=0.0)
+  params = _tiny_params()
+  x = _logmel(np.random.default_rng(0), 2, 40)
+  mask = _mask([40, 25], 40)
+  plain = APPLY(params, x, mask)["logits"]
+  np.testing.assert_allclose(model.apply(params, x, mask)["logits"], plain, atol=1e-5)
+  rngs = {"dropout": jax.random.key(3)}
+  augmented = model.apply(params, x, mask, train=True, rngs=rngs)["logits"]
+  assert not np.allclose(augmented, plain)
+  np.testing.assert_allclose(TINY.clone(dropout_rate=0.0).apply(params, x, mask, train=True,
+                                                                rngs=rngs)["logits"], plain,
+                             atol=1e-5)

@@ -65,6 +65,8 @@ class AttentionPool(nn.Module):
   def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Pools `x` [B, T, D]; returns (pooled [B, D], weights [B, T], 1 in sum over valid steps)."""
     h = nn.tanh(nn.Dense(self.hidden, name="hidden")(x))
-    scores = nn.Dense(1, kernel_init=nn.initializers.zeros, name="score")(h)[..., 0]
-    weights = masked_softmax(scores, mask)
+    # No bias: the softmax ignores a shift of every score, so a bias would only collect
+    # rounding noise (and make the parameters depend on how a sum is split across devices).
+    scores = nn.Dense(1, use_bias=False, kernel_init=nn.initializers.zeros, name="score")(h)
+    weights = masked_softmax(scores[..., 0], mask)
     return weighted_sum(x, weights), weights

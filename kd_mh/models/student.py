@@ -56,6 +56,29 @@ def normalize_logmel(logmel: jax.Array, mask: jax.Array, per_bin: bool = False,
   return jnp.where(m, (x - mean) * jax.lax.rsqrt(var + eps), 0.0)
 
 
+def spec_augment(rng: jax.Array, x: jax.Array, mask: jax.Array, time_masks: int,
+                 time_width: int, mel_masks: int, mel_width: int) -> jax.Array:
+  """SpecAugment masking (Park et al., 2019) of normalised log-mel [B, F, M]: zeroes, per example,
+  `time_masks` bands of 0..time_width frames and `mel_masks` bands of 0..mel_width bins.
+
+  Zero is each utterance's mean after `normalize_logmel`, so a masked band carries no level
+  information. Time bands start inside the valid frames of each example.
+  """
+  b, f, m = x.shape
+  keep = jnp.ones((b, f, m), bool)
+  lengths = jnp.maximum(jnp.sum(mask, axis=1), 1)
+  for axis, count, width, size in ((1, time_masks, time_width, f), (2, mel_masks, mel_width, m)):
+    for _ in range(count):
+      rng, width_rng, start_rng = jax.random.split(rng, 3)
+      w = jax.random.randint(width_rng, (b,), 0, width + 1)
+      extent = lengths if axis == 1 else jnp.full((b,), m)
+      start = (jax.random.uniform(start_rng, (b,)) * jnp.maximum(extent - w, 1)).astype(jnp.int32)
+      pos = jnp.arange(size)[None, :]
+      band = (pos >= start[:, None]) & (pos < (start + w)[:, None])  # [B, size]
+      keep &= ~(band[:, :, None] if axis == 1 else band[:, None, :])
+  return jnp.where(keep, x, 0.0)
+
+
 def downsample_mask(mask: jax.Array, factor: int) -> jax.Array:
   """The [B, T] frame mask after pooling time by `factor` (window = stride, SAME padding).
 
@@ -120,6 +143,8 @@ class Student(nn.Module):
     attention_hidden: width of the attention-pooling scorer.
     dropout_rate: dropout before the recurrent layers and before the head.
     norm_per_bin: per-mel-bin utterance normalisation (see `normalize_logmel`).
+    time_masks, time_mask_width, mel_masks, mel_mask_width: SpecAugment bands applied in
+      training (`spec_augment`, drawn from the "dropout" rng); 0 masks: none.
     dtype: computation dtype (e.g. jnp.bfloat16 on TPU); parameters and outputs stay float32.
   """
   num_classes: int = NUM_CLASSES
@@ -135,6 +160,10 @@ class Student(nn.Module):
   attention_hidden: int = 64
   dropout_rate: float = 0.3
   norm_per_bin: bool = False
+  time_masks: int = 0
+  time_mask_width: int = 0
+  mel_masks: int = 0
+  mel_mask_width: int = 0
   dtype: Any = jnp.float32
 
   def _check(self) -> None:
@@ -165,7 +194,7 @@ class Student(nn.Module):
     Args:
       logmel: [B, F, M] float log-mel energies.
       mask: [B, F] valid frames (a prefix of each row).
-      train: apply dropout (needs a "dropout" rng).
+      train: apply dropout and SpecAugment (needs a "dropout" rng).
 
     Returns:
       float32 {"logits": [B, num_classes], "embedding": [B, embed_dim],
@@ -174,7 +203,11 @@ class Student(nn.Module):
     """
     self._check()
     mask = jnp.asarray(mask, bool)
-    x = normalize_logmel(logmel, mask, per_bin=self.norm_per_bin)[..., None].astype(self.dtype)
+    x = normalize_logmel(logmel, mask, per_bin=self.norm_per_bin)
+    if train and (self.time_masks or self.mel_masks):
+      x = spec_augment(self.make_rng("dropout"), x, mask, self.time_masks, self.time_mask_width,
+                       self.mel_masks, self.mel_mask_width)
+    x = x[..., None].astype(self.dtype)
     for i, (features, t_pool, m_pool) in enumerate(
         zip(self.conv_features, self.time_pool, self.mel_pool), start=1):
       x, mask = ConvBlock(features, (t_pool, m_pool), self.norm_groups, self.dtype,
