@@ -43,7 +43,8 @@ def get_config(arg=None):
   config.min_calibration_examples = 10  # fewer labelled ones: T = 1 (logged and recorded)
   config.ece_bins = 15
   config.batch_size = 32
-  # The window grid kd-mh detect uses with this threshold.
+  # The window grid kd-mh detect uses with this threshold (recorded in threshold.json; the
+  # threshold itself is chosen on whole-clip scores).
   config.window_s = 2.0
   config.hop_s = 0.5
 

@@ -582,10 +582,15 @@ def analyze(specs: Sequence[ClipSpec], out_dir: str | os.PathLike, teacher: Fram
         # One broken file must not stop the run; it is reported like any skipped clip.
         logging.exception("clip %s (%s) failed", spec.clip_id, spec.path)
         reason = f"{spec.path}: unexpected {type(e).__name__}: {e}"
+    if not reason:
+      try:
+        plot = timeline_path(out, spec.clip_id)
+      except ValueError as e:  # a clip id that would leave the output directory
+        reason = str(e)
     if reason:
       skipped.append({"clip_id": spec.clip_id, "reason": reason})
       continue
-    plot_timeline(analysis, timeline_path(out, spec.clip_id))
+    plot_timeline(analysis, plot)
     analyses.append(analysis)
 
   write_csv(out / "fluctuation.csv", [r for a in analyses for r in fluctuation_records(a)])

@@ -34,7 +34,8 @@ Verdict: "insufficient evidence" (with the reason) when the clip cannot be read 
 (no video, no audio, no face: the build's reason), is shorter than `min_duration_s`, or has fewer
 than `min_usable_windows` usable windows or usable windows making up less than
 `min_usable_fraction` of all; otherwise "incongruent affect flagged" when at least `persistence`
-of the usable windows are flagged (divergence > threshold), else "no persistent incongruence".
+of the usable windows are flagged (divergence >= threshold, as in the ROC), else "no persistent
+incongruence".
 Consecutive flagged windows merge into segments.
 """
 
@@ -505,7 +506,7 @@ def detect_video(video: str | os.PathLike, threshold: Mapping[str, Any],
   if both.any():
     values[both] = divergence.divergence(name, face_all[both], voice_all[both])
   usable = face_ok & speech_ok
-  flagged = usable & (np.nan_to_num(values, nan=-np.inf) > cut)
+  flagged = usable & (np.nan_to_num(values, nan=-np.inf) >= cut)
 
   verdict, reason, fraction = decide(face_ok, speech_ok, flagged, duration, config)
   report.update(verdict=verdict, reason=reason, flagged_fraction=fraction)

@@ -39,7 +39,13 @@ Steps:
    distance (teacher embedding vs student aligned output) are taken per pair and analysed with
    `kd_mh.roc.analyze` for each comparison in `COMPARISONS` (the main one: congruent vs swapped +
    flat). The configured divergence and rule (Youden's J, or the fixed-FPR point) give the
-   threshold.
+   threshold, chosen on the calibration split's pairs, so that the evaluation split's figures at
+   that threshold (`operating_point` in metrics.json) are held out; a calibration split without
+   both kinds of pair leaves the choice to the evaluation split (logged, and recorded as
+   `threshold_split`).
+   Scores are per clip (the teacher on frames spread over the clip, the student on up to its
+   log-mel crop); `kd-mh detect` applies the threshold per window of `window_s` seconds, which
+   is a shorter view of a clip than the one it was chosen on.
 
 Files written to the evaluation workdir: threshold.json (the contract with detect; see
 `THRESHOLD_KEYS`), metrics.json (the main comparison's auc, auc_ci, eer, tpr_at_fpr, ... at the top
@@ -236,6 +242,58 @@ def finite_threshold(threshold: float, scores: np.ndarray) -> float:
   return float(np.nextafter(np.max(scores), np.inf))
 
 
+def operating_point(scores: np.ndarray, pairs: Pairs, threshold: float) -> dict[str, Any]:
+  """TPR and FPR of flagging `scores >= threshold` on the main comparison's pairs."""
+  positive = pairs.is_type(*COMPARISONS["main"])
+  negative = pairs.is_type("congruent")
+  flagged = scores >= threshold
+  rate = lambda mask: float(np.mean(flagged[mask])) if mask.any() else None
+  return {"threshold": float(threshold), "tpr": rate(positive), "fpr": rate(negative),
+          "n_positive": int(positive.sum()), "n_negative": int(negative.sum())}
+
+
+def choose_threshold(config: ml_collections.ConfigDict, calibration_outputs, calibrations,
+                     evaluation_roc: roc.RocResult, evaluation_scores: Mapping[str, np.ndarray],
+                     evaluation_pairs: Pairs) -> dict[str, Any]:
+  """The thresholds of both rules, chosen on the calibration split's pairs (so the evaluation
+  split's figures at that threshold are held out), or on the evaluation split when the
+  calibration split gives no congruent or no incongruent pair (logged and recorded)."""
+  roc_result, split_scores = None, None
+  if calibration_outputs is not None:
+    outputs, face_target, voice_target = calibration_outputs
+    usable = outputs["has_face"] & outputs["has_speech"]
+    pairs = build_pairs(face_target, voice_target, outputs["face_label"], outputs["voice_label"],
+                        usable, max_pairs=int(config.max_pairs), seed=int(config.seed))
+    counts = pairs.counts()
+    if counts["congruent"] and counts["swapped"] + counts["flat"]:
+      face_probs = calibration.apply_temperature(outputs["teacher_logits"],
+                                                 calibrations["teacher"].temperature)
+      voice_probs = calibration.apply_temperature(outputs["student_logits"],
+                                                  calibrations["student"].temperature)
+      scores = divergence.divergence(config.divergence, face_probs[pairs.face],
+                                     voice_probs[pairs.voice])
+      selected = pairs.is_type("congruent", *COMPARISONS["main"])
+      roc_result = roc.analyze(scores[selected], pairs.is_type(*COMPARISONS["main"])[selected],
+                               fpr_target=float(config.fpr_target), n_bootstrap=1,
+                               seed=int(config.seed))
+      split, split_scores = config.data.calibration_split, scores[selected]
+    else:
+      logging.warning("the calibration split gives %s: the threshold is chosen on the evaluation "
+                      "split, whose figures at it are then not held out", counts)
+  if roc_result is None:
+    roc_result = evaluation_roc
+    split = config.data.split
+    split_scores = evaluation_scores[config.divergence][
+        evaluation_pairs.is_type("congruent", *COMPARISONS["main"])]
+  if not (math.isfinite(roc_result.youden_threshold)
+          and math.isfinite(roc_result.threshold_at_fpr)):
+    logging.warning("no point of a rule flags any pair; its threshold is set above every score")
+  return {"split": split,
+          "youden": finite_threshold(roc_result.youden_threshold, split_scores),
+          "at_fpr": finite_threshold(roc_result.threshold_at_fpr, split_scores),
+          "tpr_at_fpr": roc_result.tpr_at_fpr}
+
+
 def comparison_label(comparison: str) -> str:
   return "congruent vs " + "+".join(COMPARISONS[comparison])
 
@@ -400,6 +458,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                data_dir)
 
   calibrations, ece = {}, {}
+  calibration_outputs = None
   if config.data.calibration_split:
     if config.data.calibration_split == config.data.split:
       logging.warning("calibrating on the evaluation split %r itself", config.data.split)
@@ -407,6 +466,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     logging.info("calibration split %s: %s", split.name, input_pipeline.example_count(split))
     cal = inference.predict(trained, split, batch_size=int(config.batch_size))
     cal_face, cal_voice = modality_targets(cal)
+    calibration_outputs = (cal, cal_face, cal_voice)
     for model, logits, labels in (("teacher", cal["teacher_logits"], cal_face),
                                   ("student", cal["student_logits"], cal_voice)):
       calibrations[model] = calibrate(logits, labels, int(config.min_calibration_examples))
@@ -454,19 +514,18 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                            n_bootstrap=int(config.n_bootstrap), seed=int(config.seed))
 
   main = results[config.divergence]["main"]
-  main_scores = scores[config.divergence][pairs.is_type("congruent", *COMPARISONS["main"])]
-  youden = finite_threshold(main.youden_threshold, main_scores)
-  at_fpr = finite_threshold(main.threshold_at_fpr, main_scores)
-  if not (math.isfinite(main.youden_threshold) and math.isfinite(main.threshold_at_fpr)):
-    logging.warning("no point of a rule flags any pair; its threshold is set above every score")
+  chosen = choose_threshold(
+      config, calibration_outputs, calibrations, main, scores, pairs)
+  rule_threshold = chosen["youden"] if config.rule == "youden" else chosen["at_fpr"]
   data = {"data_dir": str(data_dir), "name": name,
           "calibration_split": config.data.calibration_split, "split": config.data.split,
-          "pairs": counts}
+          "threshold_split": chosen["split"], "pairs": counts}
   threshold = {
       "divergence": config.divergence,
-      "threshold": youden if config.rule == "youden" else at_fpr,
-      "rule": config.rule, "youden_threshold": youden, "fpr_target": float(config.fpr_target),
-      "threshold_at_fpr": at_fpr, "tpr_at_fpr": main.tpr_at_fpr,
+      "threshold": rule_threshold,
+      "rule": config.rule, "youden_threshold": chosen["youden"],
+      "fpr_target": float(config.fpr_target),
+      "threshold_at_fpr": chosen["at_fpr"], "tpr_at_fpr": chosen["tpr_at_fpr"],
       "teacher_temperature": t_teacher, "student_temperature": t_student,
       "student_workdir": str(epath.Path(config.student).resolve()),
       "student_step": trained.step, "data": data,
@@ -482,6 +541,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                   if counts[t] else None) for t in PAIR_TYPES}}
                  for s, by_comparison in results.items()},
       "pairs": counts,
+      # The threshold (chosen on threshold_split) applied to this split's main comparison.
+      "operating_point": operating_point(
+          scores[config.divergence], pairs, rule_threshold),
       "calibration": {m: {**dataclasses.asdict(c), "ece": ece[m]}
                       for m, c in calibrations.items()},
       "student_workdir": threshold["student_workdir"], "student_step": trained.step,

@@ -90,9 +90,10 @@ def prepare(out: pathlib.Path, root: str, train_actors: Optional[Sequence[str]],
   """Builds OUT/speech (train / test by actor) and, with a face root, OUT/faces (all train)."""
   specs = corpora.read_corpus("ravdess", root)
   present = sorted({s.speaker_id for s in specs if s.speaker_id})
-  unknown = sorted(set(test_actors) - set(present))
-  if unknown:
-    raise ValueError(f"test actors {unknown} are not under {root} (it has {present})")
+  for role, actors in (("test", test_actors), ("train", train_actors or [])):
+    unknown = sorted(set(actors) - set(present))
+    if unknown:
+      raise ValueError(f"{role} actors {unknown} are not under {root} (it has {present})")
   chosen = set(train_actors or present) | set(test_actors)
   specs = splits.assign_splits([s for s in specs if s.speaker_id in chosen], (1.0, 0.0, 0.0),
                                test_speakers=test_actors, validation_speakers=[])
@@ -126,12 +127,14 @@ def score(workdir: pathlib.Path, speech_dir: str, faces_dir: Optional[str]) -> d
   confusion = np.zeros((len(classes), len(classes)), np.int64)
   np.add.at(confusion, (test["label"][labelled], predicted[labelled]), 1)
   folded = fold_confusion(confusion, emotions.fold_onto_fer(classes))
-  recall = np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1)
+  support = confusion.sum(axis=1)
+  # None for a class the test actors never show (UAR leaves it out too).
+  recall = [float(confusion[k, k] / n) if n else None for k, n in enumerate(support)]
   result = {
       "step": trained.step, "classes": list(classes), "test_examples": int(labelled.sum()),
       "accuracy": train.accuracy(confusion), "uar": train.unweighted_average_recall(confusion),
       "accuracy_7": train.accuracy(folded), "uar_7": train.unweighted_average_recall(folded),
-      "recall": {c: float(r) for c, r in zip(classes, recall)},
+      "recall": dict(zip(classes, recall)),
       "confusion": confusion.tolist(),
   }
   loss = train.read_scalars(str(workdir)).get("train/loss", {})

@@ -334,6 +334,9 @@ def eval_step(state: TrainState, batch: Mapping[str, jax.Array], teacher_variabl
     n_teacher = jnp.sum(with_teacher)
     teacher_predicted = jnp.argmax(teacher_out["logits"], axis=-1)
     face_labels = target_labels(batch, "teacher")
+    if spec.class_map is not None:  # the labels are the student's own classes: fold them
+      face_labels = jnp.where(face_labels >= 0,
+                              jnp.asarray(spec.class_map)[jnp.maximum(face_labels, 0)], -1)
     sums.update(
         with_teacher=n_teacher, kd=terms["kd"] * n_teacher, align=terms["align"] * n_teacher,
         agree=jnp.sum(with_teacher & (predicted_fer_class(out["logits"], spec)

@@ -92,7 +92,10 @@ def main(argv):
                               _SEED.value, _OVERRIDES.value, _RUNLOCAL.value)
     workdir = out / "runs" / run
     start = time.time()
-    train.train_and_evaluate(config, str(workdir))
+    try:
+      train.train_and_evaluate(config, str(workdir))
+    except ValueError as e:  # a config or data problem, named by the message
+      raise app.UsageError(f"run {run}: {e}", exitcode=2) from None
     results["runs"][run] = {**bench.score(workdir, speech_dir, faces_dir),
                             "train_seconds_this_invocation": round(time.time() - start, 1)}
     headline = {k: v for k, v in results["runs"][run].items()

@@ -96,7 +96,7 @@ def check_report(report: dict, threshold: dict) -> None:
     if w["face_probs"] is not None and w["voice_probs"] is not None:
       expected = divergence.divergence(report["divergence"], w["face_probs"], w["voice_probs"])
       assert math.isclose(w["divergence"], float(expected), rel_tol=1e-9, abs_tol=1e-12)
-    assert w["flagged"] == (w["usable"] and w["divergence"] > report["threshold"])
+    assert w["flagged"] == (w["usable"] and w["divergence"] >= report["threshold"])
   usable = [w for w in report["windows"] if w["usable"]]
   if usable:
     assert report["flagged_fraction"] == pytest.approx(

@@ -199,6 +199,9 @@ def test_evaluate_tiny_run(tmp_path, tiny_runs, demo_corpus):
   assert threshold["teacher_temperature"] > 0 and threshold["student_temperature"] > 0
   assert threshold["threshold"] == threshold["youden_threshold"]
   assert threshold["data"]["name"] == "kd_mh_demo" and threshold["data"]["split"] == "test"
+  assert threshold["data"]["threshold_split"] in ("validation", "test")
+  point = result["metrics"]["operating_point"]
+  assert point["threshold"] == threshold["threshold"] and 0 <= point["tpr"] <= 1
 
   # The generator's truth: the test split's congruent and incongruent clips.
   truth = [json.loads(line) for line in
@@ -225,3 +228,12 @@ def test_evaluate_tiny_run(tmp_path, tiny_runs, demo_corpus):
     assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   table = evaluate.summary_table(metrics, threshold)
   assert "congruent vs swapped+flat" in table and "AUC" in table
+
+
+def test_operating_point_flags_scores_at_or_above_the_threshold():
+  kinds = [evaluate.PAIR_TYPES.index(k) for k in
+           ("congruent", "congruent", "swapped", "flat", "natural", "swapped")]
+  pairs = evaluate.Pairs(face=np.arange(6), voice=np.arange(6), kind=np.array(kinds))
+  scores = np.array([0.1, 0.5, 0.5, 0.9, 0.9, 0.2])
+  point = evaluate.operating_point(scores, pairs, threshold=0.5)
+  assert point == {"threshold": 0.5, "tpr": 2 / 3, "fpr": 0.5, "n_positive": 3, "n_negative": 2}
