@@ -374,7 +374,7 @@ def calibrated_probs(teacher_logits: np.ndarray, student_logits: np.ndarray,
   face = calibration.apply_temperature(teacher_logits, float(threshold["teacher_temperature"]))
   voice = calibration.apply_temperature(student_logits, float(threshold["student_temperature"]))
   if class_map is not None:
-    voice = voice @ np.eye(emotions.NUM_CLASSES)[list(class_map)]  # [K] -> the seven, summed
+    voice = voice @ emotions.fold_matrix(class_map)  # [K] -> the seven, summed
   return face, voice
 
 

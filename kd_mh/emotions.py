@@ -29,6 +29,8 @@ import math
 import types
 from typing import Mapping
 
+import numpy as np
+
 EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 NUM_CLASSES = len(EMOTIONS)
 INDEX: Mapping[str, int] = types.MappingProxyType({name: i for i, name in enumerate(EMOTIONS)})
@@ -201,3 +203,9 @@ def fold_onto_fer(classes: tuple[str, ...]) -> tuple[int, ...]:
                      f"{[c for c, k in zip(classes, folded) if k == UNLABELLED]}, "
                      f"missing: {missing})")
   return folded
+
+
+def fold_matrix(class_map: tuple[int, ...]) -> np.ndarray:
+  """[K, 7] 0/1 matrix summing a set's K classes onto the seven (`fold_onto_fer`'s map): a
+  distribution p [.., K] folds as p @ M, a confusion matrix C [K, K] as M.T @ C @ M."""
+  return np.eye(NUM_CLASSES)[list(class_map)]

@@ -109,7 +109,7 @@ def prepare(out: pathlib.Path, root: str, train_actors: Optional[Sequence[str]],
 
 def fold_confusion(confusion: np.ndarray, class_map: Sequence[int]) -> np.ndarray:
   """Sums a confusion matrix over a set's classes onto the seven emotions (rows and columns)."""
-  fold = np.eye(emotions.NUM_CLASSES)[list(class_map)]  # [K, 7]
+  fold = emotions.fold_matrix(class_map)
   return fold.T @ confusion @ fold
 
 

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from kd_mh import emotions
@@ -59,3 +60,10 @@ def test_class_sets_fold_onto_the_seven():
     emotions.class_set("emodb")
   with pytest.raises(emotions.LabelError, match="missing"):
     emotions.fold_onto_fer(("neutral", "happy"))
+
+
+def test_the_fold_matrix_sums_calm_and_neutral():
+  folded = emotions.fold_matrix(emotions.fold_onto_fer(emotions.class_set("ravdess")))
+  p = np.full(8, 1 / 8)
+  np.testing.assert_allclose((p @ folded)[emotions.index("neutral")], 2 / 8)
+  np.testing.assert_allclose(folded.sum(axis=1), 1.0)
