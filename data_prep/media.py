@@ -395,8 +395,8 @@ def write_video(
   """Writes RGB frames (and optional mono float audio in [-1, 1]) as H.264 + AAC in an MP4.
 
   Frames are encoded as they arrive, so a generator of frames is never held in memory. The output
-  is deterministic: the same inputs give the same bytes. The file appears at `path` only once it is
-  complete (written to a sibling temporary file first).
+  is deterministic: the same inputs give the same bytes on any machine with the same x264. The
+  file appears at `path` only once it is complete (written to a sibling temporary file first).
   """
   path = str(path)
   if fps <= 0:
@@ -417,8 +417,12 @@ def write_video(
     # faststart puts the index first: the file plays while loading, and a truncated copy still
     # decodes up to the cut instead of losing the index that MP4 otherwise writes last.
     with av.open(tmp_path, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+      # One x264 thread: its frame threads change the bitstream with the thread count (so with the
+      # machine's core count) and made same-seed clips differ now and then under load. Corpus
+      # builds write one clip per core anyway, and one thread was no slower on these small frames.
       video = container.add_stream(
-          "libx264", rate=_fps_fraction(fps), options={"crf": str(crf), "preset": "veryfast"})
+          "libx264", rate=_fps_fraction(fps),
+          options={"crf": str(crf), "preset": "veryfast", "threads": "1"})
       video.width, video.height, video.pix_fmt = width, height, "yuv420p"
       audio_stream = None
       if audio is not None:
