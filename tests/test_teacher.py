@@ -323,3 +323,30 @@ def test_attention_pool_starts_as_masked_mean():
   np.testing.assert_allclose(pooled, pooling.masked_mean(x, mask), atol=1e-6)
   np.testing.assert_allclose(weights[0], [1 / 3, 1 / 3, 0, 1 / 3, 0], atol=1e-6)
   np.testing.assert_array_equal(weights[1], 0.0)
+
+
+@pytest.mark.parametrize("shape", [(2, 60, 60, 8), (2, 15, 15, 16), (1, 7, 9, 3)])
+def test_fast_depthwise_conv_and_pool_match_the_generic_ops(shape):
+  """The shifted-slice depthwise conv and separable max pool equal flax's grouped conv and
+  reduce_window pool: same init, outputs and gradients (no ties in random inputs)."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  fast = teacher.DepthwiseConv((3, 3))
+  generic = nn.Conv(shape[-1], (3, 3), padding="SAME", feature_group_count=shape[-1],
+                    use_bias=False)
+  variables = fast.init(jax.random.PRNGKey(1), x)
+  np.testing.assert_array_equal(variables["params"]["kernel"],
+                                generic.init(jax.random.PRNGKey(1), x)["params"]["kernel"])
+
+  def conv_then_pool(params, x, conv, pool):
+    return jnp.sum(jnp.sin(pool(conv.apply({"params": params}, x))))
+
+  fast_pool = teacher.max_pool_same
+  generic_pool = lambda y: nn.max_pool(y, (3, 3), strides=(2, 2), padding="SAME")
+  assert fast_pool(x).shape == generic_pool(x).shape == (
+      shape[0], -(-shape[1] // 2), -(-shape[2] // 2), shape[3])
+  np.testing.assert_array_equal(fast_pool(x), generic_pool(x))
+  grads = [jax.grad(conv_then_pool, argnums=(0, 1))(variables["params"], x, conv, pool)
+           for conv, pool in ((fast, fast_pool), (generic, generic_pool))]
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)

@@ -11,7 +11,7 @@ orbax checkpoint; later calls restore that checkpoint. Everything lives in the c
   checkpoints/fer2013_mini_xception/      (orbax, {"params", "batch_stats"})
 
 Keras -> Linen: kernels keep their [kh, kw, in, out] layout; a depthwise kernel [kh, kw, in, 1]
-becomes the [kh, kw, 1, in] kernel of a grouped conv (feature_group_count = in); BatchNorm
+becomes the [kh, kw, 1, in] kernel of `teacher.DepthwiseConv` (a grouped conv's layout); BatchNorm
 gamma/beta/moving_mean/moving_variance become scale/bias (params) and mean/var (batch_stats).
 
 `init_teacher_variables` gives a whole `Teacher` these weights; `fer_crop` cuts a face the way
@@ -178,9 +178,10 @@ def convert_keras_hdf5(source: str | os.PathLike | bytes) -> dict[str, Any]:
       path = names[layer]
       if "depthwise_kernel" in arrays:
         kh, kw, cin, mult = arrays["depthwise_kernel"].shape
-        # Grouped conv: output channel c*mult + m of group c, kernel [kh, kw, 1, cin*mult].
+        if mult != 1:
+          raise ValueError(f"Keras layer {layer!r}: depth multiplier {mult}, MiniXception has 1")
         params[path + ("depthwise", "kernel")] = arrays.pop("depthwise_kernel").reshape(
-            kh, kw, 1, cin * mult)
+            kh, kw, 1, cin)
         params[path + ("pointwise", "kernel")] = arrays.pop("pointwise_kernel")
       elif "gamma" in arrays:
         params[path + ("scale",)] = arrays.pop("gamma")
