@@ -32,6 +32,7 @@ from typing import Any, Iterator, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options import pipeline_options as beam_options
+from apache_beam.runners import runner as beam_runner
 import numpy as np
 
 from data_prep import build
@@ -53,13 +54,11 @@ def pipeline_options(runner: str,
     raise ValueError("give the runner once, as --runner, not inside --beam_options")
   parsed = beam_options.PipelineOptions([f"--runner={runner}", *args])
   known = parsed.get_all_options(retain_unknown_options=False)
-  unknown = [a for a in args
-             if a.startswith("--") and a[2:].split("=", 1)[0] not in known
-             and a[2:].split("=", 1)[0].replace("-", "_") not in known]
+  names = [a[2:].split("=", 1)[0] for a in args if a.startswith("--")]
+  unknown = [f"--{n}" for n in names if n not in known and n.replace("-", "_") not in known]
   if unknown:
     raise ValueError(f"--beam_options: not Beam pipeline options: {' '.join(unknown)}")
   try:
-    from apache_beam.runners import runner as beam_runner  # pylint: disable=import-outside-toplevel
     beam_runner.create_runner(runner)
   except (ValueError, ImportError) as e:
     raise ValueError(f"--runner={runner}: {e}") from None

@@ -122,7 +122,7 @@ def test_command_line_runs_the_beam_pipeline(tmp_path, demo_corpus):
   misuse = run(f"--out={tmp_path / 'o1'}", "--beam_options=--direct_num_workers=2")
   assert misuse.returncode == 2 and "needs a Beam --runner" in misuse.stderr
   typo = run(f"--out={tmp_path / 'o1'}", "--runner=DirectRunner", "--beam_options=--num_wrkers=2")
-  assert typo.returncode == 2 and "not Beam pipeline options: --num_wrkers=2" in typo.stderr
+  assert typo.returncode == 2 and "not Beam pipeline options: --num_wrkers" in typo.stderr
   assert not (tmp_path / "o1").exists()
   ok = run(f"--out={tmp_path / 'o2'}", "--runner=DirectRunner", f"--beam_options={TWO_WORKERS}")
   assert ok.returncode == 0, ok.stderr[-3000:]
