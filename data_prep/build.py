@@ -26,7 +26,7 @@ import pathlib
 import re
 import shutil
 import time
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -299,7 +299,8 @@ def read_manifest(path: pathlib.Path) -> dict[str, dict[str, Any]]:
   return done
 
 
-def _init_worker() -> None:
+def init_worker() -> None:
+  """Readies a worker process (a pool's or a Beam worker's) to run one clip per core."""
   # One clip per core: keep BLAS / OpenMP inside a worker single-threaded.
   import threadpoolctl  # pylint: disable=import-outside-toplevel
   threadpoolctl.threadpool_limits(1)
@@ -316,7 +317,7 @@ def _crashed(spec: ClipSpec) -> ClipResult:
 def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
   # spawn: never fork a parent that already holds TensorFlow / JAX threads.
   return concurrent.futures.ProcessPoolExecutor(
-      workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
+      workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker)
 
 
 def _run_clips(specs: Sequence[ClipSpec], config: PrepConfig, workers: int) -> Iterable[ClipResult]:
@@ -361,10 +362,18 @@ def _run_clips(specs: Sequence[ClipSpec], config: PrepConfig, workers: int) -> I
         isolated.shutdown(wait=False, cancel_futures=True)
 
 
+# (clips to process, options) -> their results, in any order; build() stores them.
+ClipRunner = Callable[[Sequence[ClipSpec], PrepConfig], Iterable[ClipResult]]
+
+
 def build(specs: Sequence[ClipSpec], out_dir: str | os.PathLike, config: PrepConfig = PrepConfig(),
           workers: int = 1, corpus: Optional[str] = None, retry_skipped: bool = False,
-          progress: bool = True) -> dict[str, Any]:
-  """Processes every clip not yet in OUT/manifest.jsonl, then writes the shards. Returns the summary."""
+          progress: bool = True, clip_runner: Optional[ClipRunner] = None) -> dict[str, Any]:
+  """Processes every clip not yet in OUT/manifest.jsonl, then writes the shards. Returns the summary.
+
+  `clip_runner(todo, config)` yields the ClipResults of the clips to process (in any order); by
+  default a local process pool of `workers` runs them (data_prep/beam_build.py: a Beam pipeline).
+  """
   from kd_mh import records  # pylint: disable=import-outside-toplevel  (TensorFlow: parent only)
 
   try:
@@ -399,7 +408,9 @@ def build(specs: Sequence[ClipSpec], out_dir: str | os.PathLike, config: PrepCon
   started = time.time()
   with open(manifest_path, "a", encoding="utf-8") as manifest:
     bar = tqdm.tqdm(total=len(todo), desc=f"prep {corpus}", unit="clip", disable=not progress)
-    for result in _run_clips(todo, config, workers):
+    results = (clip_runner(todo, config) if clip_runner is not None
+               else _run_clips(todo, config, workers))
+    for result in results:
       clip_id = result.manifest["clip_id"]
       if result.example is not None:
         # The record lands before its manifest line, so an "ok" line always has its record.
