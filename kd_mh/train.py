@@ -517,7 +517,7 @@ def _checkpoint_manager(workdir: epath.Path, config: ml_collections.ConfigDict,
         get_metric_fn=best_fn, reverse=False, n=1, keep_checkpoints_without_metrics=False))
   options = ocp.CheckpointManagerOptions(
       best_fn=best_fn, best_mode="max", read_only=read_only,
-      # Unfinished saves of a killed run (`<step>.orbax-checkpoint-tmp-*`, never taken for a
+      # Unfinished saves of a killed run (`<step>.orbax-checkpoint-tmp`, never taken for a
       # step) are removed when a run starts.
       cleanup_tmp_directories=not read_only,
       preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
@@ -538,9 +538,9 @@ def tree_digest(tree: Any) -> dict[str, str]:
   """{leaf path: SHA-256 of its dtype, shape and bytes} of a pytree of arrays and numbers."""
   digest = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    array = np.ascontiguousarray(_host_array(leaf))
+    array = _host_array(leaf)
     sha = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
-    sha.update(array.tobytes())
+    sha.update(array.tobytes())  # C order, whatever the layout
     digest[jax.tree_util.keystr(path)] = sha.hexdigest()
   return digest
 
@@ -569,7 +569,6 @@ def _restore_args(abstract_state: Any, abstract_teacher: Any,
   if digest:
     items[_DIGEST] = ocp.args.JsonRestore()
   return ocp.args.Composite(**items)
-
 
 
 def _save_args(items: Mapping[str, Any]) -> ocp.args.Composite:
