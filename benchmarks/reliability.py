@@ -253,7 +253,7 @@ def print_train_faults(result: dict[str, Any]) -> None:
   for c in result["corruptions"]:
     outcome = (f"status {c['status']}, fell back: {c['fell_back']}, final params equal: "
                f"{c['equal']}")
-    print(f"{'latest checkpoint ' + c['damage'] + 'd':<34} {outcome:<44}")
+    print(f"{'latest checkpoint: ' + c['damage']:<34} {outcome:<44}")
   print(f"{'every checkpoint garbled':<34} status {result['all_damaged']['status']}: "
         f"{result['all_damaged']['error'][:80]}")
   print(f"\nfaults injected {result['faults_injected']}, survived {result['faults_survived']}, "
