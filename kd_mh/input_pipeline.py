@@ -163,7 +163,8 @@ def open_split(data_dir: str, name: str, split: str) -> Split:
       fields[k].append(example[k])
     fields["has_face"].append(bool(example["face_mask"].any()))
   return Split(
-      name=f"{name}/{split}", features=feats, metadata=dict(builder.info.metadata or {}), paths=tuple(str(p) for p in paths),
+      name=f"{name}/{split}", features=feats, metadata=dict(builder.info.metadata or {}),
+      paths=tuple(str(p) for p in paths),
       shard=np.asarray(shard, np.int64), offset=np.asarray(offset, np.int64),
       length=np.asarray(length, np.int64),
       **{k: np.asarray(v, bool if k == "has_face" else np.int32) for k, v in fields.items()})
