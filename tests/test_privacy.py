@@ -16,7 +16,6 @@ from conftest import load_config
 import jax
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from data_prep import build
 from data_prep import corpora
