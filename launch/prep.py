@@ -43,6 +43,9 @@ _FACE_CHANNELS = flags.DEFINE_enum("face_channels", "1", ["1", "3"], "1 grayscal
 _N_MELS = flags.DEFINE_integer("n_mels", 64, "mel bins of the log-mel")
 _REQUIRE_FACE = flags.DEFINE_bool("require_face", True, "skip video clips without any face")
 _REQUIRE_AUDIO = flags.DEFINE_bool("require_audio", True, "skip video clips without audio")
+_TIME_LIMIT = flags.DEFINE_float(
+    "time_limit_s", 600.0, "a clip still running after this many seconds (a hung decoder) is "
+    "killed and skipped with the reason 'timed out after N s'; 0 for no limit")
 _RETRY = flags.DEFINE_bool("retry_skipped", False, "reprocess clips skipped by an earlier run")
 _PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar")
 _DEMO_CLIPS = flags.DEFINE_integer(
@@ -130,7 +133,8 @@ def main(argv):
   logging.info("%s: %d clips listed", _CORPUS.value, len(specs))
   try:
     summary = build.build(specs, _OUT.value, config, workers=_WORKERS.value, corpus=_CORPUS.value,
-                          retry_skipped=_RETRY.value, progress=_PROGRESS.value)
+                          retry_skipped=_RETRY.value, progress=_PROGRESS.value,
+                          time_limit_s=_TIME_LIMIT.value or None)
   except build.BuildError as e:
     raise _usage(str(e)) from None
   print(build.format_summary(summary))
