@@ -284,6 +284,16 @@ def _inside(out: pathlib.Path, clip_id: str, folder: str, suffix: str) -> pathli
   return out / folder / (clip_id + suffix)
 
 
+# The longest file name written per clip: OUT/tracks/<clip id>.json as _atomic_write's temporary.
+_LONGEST_SUFFIX = ".json.tmp"
+
+
+def _name_fits(clip_id: str, name_max: int) -> bool:
+  """Whether every file name made from the clip id fits the output file system's limit."""
+  *folders, name = clip_id.encode().split(b"/")
+  return len(name) + len(_LONGEST_SUFFIX) <= name_max and all(len(f) <= name_max for f in folders)
+
+
 def _atomic_write(path: pathlib.Path, data: bytes) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + ".tmp")
@@ -299,7 +309,8 @@ def read_manifest(path: pathlib.Path) -> dict[str, dict[str, Any]]:
   done: dict[str, dict[str, Any]] = {}
   if path.exists():
     # The build writes ASCII (json.dumps' default); replace keeps a damaged byte local to its line.
-    for number, raw in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    text = path.read_text(encoding="utf-8", errors="replace")
+    for number, raw in enumerate(text.splitlines(), 1):
       try:
         line = json.loads(raw)
       except json.JSONDecodeError:
@@ -338,8 +349,8 @@ def _exclusive(out: pathlib.Path):
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     # What a killed build was writing when it died (_atomic_write's temporaries).
-    for folder in (out, out / "clips", out / "tracks"):
-      for stale in (folder.rglob("*.tmp") if folder != out else folder.glob("*.tmp")):
+    for pattern in ("*.tmp", "clips/**/*.tmp", "tracks/**/*.tmp"):
+      for stale in out.glob(pattern):
         stale.unlink()
     yield
   finally:
@@ -450,6 +461,7 @@ def _run_clips(specs: Sequence[ClipSpec], config: PrepConfig, workers: int,
         try:
           result, gone = w.receive(), False
         except EOFError:
+          w.process.join(timeout=5)  # its pipe closes a moment before its exit status is known
           if w.spec is None and not w.ready:
             raise BuildError(f"a prep worker process failed to start ({_exit_status(w.process)})"
                              ) from None
@@ -476,7 +488,7 @@ def _run_clips(specs: Sequence[ClipSpec], config: PrepConfig, workers: int,
 def build(specs: Sequence[ClipSpec], out_dir: str | os.PathLike, config: PrepConfig = PrepConfig(),
           workers: int = 1, corpus: Optional[str] = None, retry_skipped: bool = False,
           progress: bool = True, time_limit_s: Optional[float] = None) -> dict[str, Any]:
-  """Processes every clip not yet in OUT/manifest.jsonl, then writes the shards. Returns the summary.
+  """Processes every clip not yet in OUT/manifest.jsonl, then writes the shards; returns a summary.
 
   `time_limit_s`: a clip still running after this many seconds (wall clock) is killed and skipped
   with the reason "timed out after N s"; with a limit, clips always run in worker processes.
@@ -510,6 +522,10 @@ def _build(specs: Sequence[ClipSpec], out: pathlib.Path, config: PrepConfig, wor
     _inside(out, spec.clip_id, "clips", ".pb")
     if spec.split not in SPLITS:
       raise BuildError(f"clip {spec.clip_id!r}: split {spec.split!r} is not one of {SPLITS}")
+  name_max = os.pathconf(out, "PC_NAME_MAX")
+  specs = [s if s.error or _name_fits(s.clip_id, name_max) else dataclasses.replace(
+      s, error=f"{s.path}: the clip id is too long for a file name under {out} "
+               f"({name_max} bytes at most, with {_LONGEST_SUFFIX!r})") for s in specs]
   feats = records.features(config.face.crop_size, config.face.crop_channels, config.logmel.n_mels)
 
   manifest_path = out / "manifest.jsonl"
