@@ -6,6 +6,8 @@ import pathlib
 import pytest
 
 from conftest import shared_path
+from data_prep import build
+from data_prep import corpora
 from data_prep import fuzz
 
 
@@ -63,3 +65,28 @@ def test_cases_are_seeded(tmp_path):
   other = fuzz.make_cases(tmp_path / "c", data, n_cases=30, seed=6)
   assert first == again and first != other
   assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
+
+
+def test_inputs_that_once_crashed_the_build_are_now_reported(tmp_path):
+  wav = shared_path("cremad", "audio", "1001_DFA_ANG_XX.wav").read_bytes()
+  root = tmp_path / "corpus"
+  root.mkdir()
+  fmt = wav.index(b"fmt ")
+  # 0 bits per sample: PyAV opened no decoder, and touching the stream crashed the process.
+  (root / "zero_bits.wav").write_bytes(wav[:fmt + 22] + b"\0\0" + wav[fmt + 24:])
+  # 28 samples at 48 kHz: resampling gave no output at all.
+  ravdess = shared_path("ravdess", "Actor_01", "03-01-01-01-01-01-01.wav").read_bytes()
+  (root / "few_samples.wav").write_bytes(ravdess[:100])
+  # A name as long as the file system allows: the build's own files add to it.
+  (root / ("n" * 251 + ".wav")).write_bytes(wav)
+  rows = ["zero_bits.wav,happy,s1", "few_samples.wav,sad,s1", "n" * 251 + ".wav,sad,s1",
+          "a" * 300 + ".wav,sad,s1"]  # a name over the limit: the reader once gave up on the file
+  (root / "labels.csv").write_text("path,label,speaker\n" + "\n".join(rows) + "\n")
+  specs = corpora.read_corpus("folder", str(root))
+  assert len(specs) == 4
+  build.build(specs, tmp_path / "out", workers=1, progress=False, time_limit_s=60)
+  lines = list(build.read_manifest(tmp_path / "out" / "manifest.jsonl").values())
+  assert [l["status"] for l in lines] == ["skipped", "ok", "skipped", "skipped"]
+  assert "the audio stream cannot be decoded" in lines[0]["reason"]
+  assert "too long for a file name" in lines[2]["reason"]
+  assert "labels.csv: line 5: path" in lines[3]["reason"] and "too long" in lines[3]["reason"]
