@@ -98,12 +98,16 @@ def _mp4_from(flv: pathlib.Path, path: pathlib.Path) -> None:
   media.write_video(path, frames, fps=rate, audio=media.load_audio(flv, 16000))
 
 
-def _copy(source: pathlib.Path, name: str, transform: Callable[[bytes], bytes] = lambda b: b,
-          label: str = "", speaker: str = "") -> _Recipe:
+def _new_file(root: pathlib.Path, name: str) -> pathlib.Path:
+  (root / name).parent.mkdir(parents=True, exist_ok=True)
+  return root / name
+
+
+def _copy(source: pathlib.Path, name: str,
+          transform: Callable[[bytes], bytes] = lambda b: b) -> _Recipe:
   def write(root: pathlib.Path) -> _Row:
-    (root / name).parent.mkdir(parents=True, exist_ok=True)
-    (root / name).write_bytes(transform(source.read_bytes()))
-    return (name, label, speaker)
+    _new_file(root, name).write_bytes(transform(source.read_bytes()))
+    return (name, "", "")
   return write
 
 
@@ -132,8 +136,7 @@ def _patch(marker: bytes, offset: int, fmt: str, value, after: bytes = b""
 
 def _bytes(name: str, data: bytes) -> _Recipe:
   def write(root: pathlib.Path) -> _Row:
-    (root / name).parent.mkdir(parents=True, exist_ok=True)
-    (root / name).write_bytes(data)
+    _new_file(root, name).write_bytes(data)
     return (name, "", "")
   return write
 
@@ -141,8 +144,7 @@ def _bytes(name: str, data: bytes) -> _Recipe:
 def _sparse(source: pathlib.Path, name: str, head: int) -> _Recipe:
   """The first `head` bytes of a real file, then zeros up to 64 GB: a preallocated download."""
   def write(root: pathlib.Path) -> _Row:
-    (root / name).parent.mkdir(parents=True, exist_ok=True)
-    with open(root / name, "wb") as f:
+    with open(_new_file(root, name), "wb") as f:
       f.write(source.read_bytes()[:head])
       f.truncate(_SPARSE_BYTES)  # a hole: no disk blocks
     return (name, "", "")
@@ -156,8 +158,7 @@ def _audio(source: pathlib.Path, name: str, rate: int, channels: int, subtype: s
     mono = media.load_audio(source, rate)
     # Channels that differ (delayed, quieter), as a real stereo pair would.
     data = np.stack([np.roll(mono, 7 * c) * (1.0 - 0.2 * c) for c in range(channels)], axis=1)
-    (root / name).parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(root / name, data, rate, subtype=subtype)
+    soundfile.write(_new_file(root, name), data, rate, subtype=subtype)
     return (name, "", "")
   return write
 
@@ -167,8 +168,7 @@ def _csv_row(name: str, cells: Sequence[str],
   """A labels.csv row; with `media_from`, the file its path names is a copy of that real clip."""
   def write(root: pathlib.Path) -> _Row:
     if media_from is not None:
-      (root / name).parent.mkdir(parents=True, exist_ok=True)
-      shutil.copy(media_from, root / name)
+      shutil.copy(media_from, _new_file(root, name))
     return tuple(cells)
   return write
 
@@ -371,7 +371,7 @@ def _csv_file_cases(src: _Sources, rng: np.random.Generator
 
 
 def _sample(cases: list, n: int, rng: np.random.Generator) -> list:
-  """n of the cases: every good clip and one of each kind first, then a seeded draw of the rest."""
+  """n of the cases (in their order): every good clip and one of each kind, then a seeded draw."""
   if n >= len(cases):
     return cases
   first, seen = [], set()
@@ -384,9 +384,10 @@ def _sample(cases: list, n: int, rng: np.random.Generator) -> list:
   return [cases[i] for i in sorted(first + rest[:max(0, n - len(first))])]
 
 
-def make_cases(root: str | os.PathLike, data_dir: str | os.PathLike, n_cases: int = 200,
-               seed: int = 0) -> list[Case]:
-  """Writes `n_cases` cases (of about 200; all of them by default) under `root`, a new folder.
+def make_cases(root: str | os.PathLike, data_dir: str | os.PathLike,
+               n_cases: Optional[int] = None, seed: int = 0) -> list[Case]:
+  """Writes n_cases of the ~220 cases (all by default; at least every good clip and one case of
+  each kind) under `root`, a new folder, and returns them.
 
   Media and row cases form the folder corpus `root` (labels.csv lists them in order); each
   whole-file CSV case is a corpus of its own at root/csv_files/NN.
@@ -400,7 +401,7 @@ def make_cases(root: str | os.PathLike, data_dir: str | os.PathLike, n_cases: in
   _mp4_from(src.flv[5], mp4)
   in_corpus = _media_cases(src, mp4, rng) + _row_cases(src, rng)
   csv_files = _csv_file_cases(src, rng)
-  chosen = _sample(in_corpus + csv_files, n_cases, rng)
+  chosen = _sample(in_corpus + csv_files, n_cases or len(in_corpus + csv_files), rng)
   lines = [",".join(_CSV_HEADER).encode() + b"\n"]
   for case, recipe in chosen:
     if case.kind == "csv file":
@@ -505,8 +506,8 @@ def _run_csv_file(case: Case, root: pathlib.Path, out: pathlib.Path) -> Outcome:
                  "; ".join(problems))
 
 
-def run(work: str | os.PathLike, data_dir: str | os.PathLike, n_cases: int = 200, seed: int = 0,
-        workers: int = 2, time_limit_s: float = 20.0) -> list[Outcome]:
+def run(work: str | os.PathLike, data_dir: str | os.PathLike, n_cases: Optional[int] = None,
+        seed: int = 0, workers: int = 2, time_limit_s: float = 20.0) -> list[Outcome]:
   """Makes the cases in work/cases, builds them into work/out*, and judges each one.
 
   The preallocated downloads keep a decoder busy for far longer than `time_limit_s` (the build's
