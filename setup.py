@@ -15,9 +15,9 @@ setuptools.setup(
                                                "launch", "launch.*"]),
     # Versions are pinned in requirements.txt; these are the direct imports.
     install_requires=[
-        "absl-py", "av", "face-recognition", "flax", "h5py", "jax", "librosa", "matplotlib",
-        "ml_collections", "numpy", "opencv-python-headless", "optax", "orbax-checkpoint",
-        "scikit-image", "scikit-learn", "scipy", "soundfile", "tensorflow-cpu",
+        "absl-py", "apache-beam", "av", "face-recognition", "flax", "h5py", "jax", "librosa",
+        "matplotlib", "ml_collections", "numpy", "opencv-python-headless", "optax",
+        "orbax-checkpoint", "scikit-image", "scikit-learn", "scipy", "soundfile", "tensorflow-cpu",
         "tensorflow-datasets", "threadpoolctl", "tqdm",
     ],
     entry_points={"console_scripts": ["kd-mh=launch.cli:main"]},

@@ -34,7 +34,7 @@ import pathlib
 import re
 import shutil
 import time
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -357,7 +357,8 @@ def _exclusive(out: pathlib.Path):
     os.close(fd)  # releases the lock
 
 
-def _init_worker() -> None:
+def init_worker() -> None:
+  """Readies a worker process (a pool's or a Beam worker's) to run one clip per core."""
   # One clip per core: keep BLAS / OpenMP inside a worker single-threaded.
   import threadpoolctl  # pylint: disable=import-outside-toplevel
   threadpoolctl.threadpool_limits(1)
@@ -370,7 +371,7 @@ _READY = "ready"
 
 def _worker_main(conn: multiprocessing.connection.Connection) -> None:
   """A worker process: clips in, results out, one at a time, until the build closes the pipe."""
-  _init_worker()
+  init_worker()
   conn.send(_READY)
   while True:
     try:
@@ -485,13 +486,22 @@ def _run_clips(specs: Sequence[ClipSpec], config: PrepConfig, workers: int,
         w.stop()
 
 
+# (clips to process, options) -> their results, in any order; build() stores them.
+ClipRunner = Callable[[Sequence[ClipSpec], PrepConfig], Iterable[ClipResult]]
+
+
 def build(specs: Sequence[ClipSpec], out_dir: str | os.PathLike, config: PrepConfig = PrepConfig(),
           workers: int = 1, corpus: Optional[str] = None, retry_skipped: bool = False,
-          progress: bool = True, time_limit_s: Optional[float] = None) -> dict[str, Any]:
+          progress: bool = True, time_limit_s: Optional[float] = None,
+          clip_runner: Optional[ClipRunner] = None) -> dict[str, Any]:
   """Processes every clip not yet in OUT/manifest.jsonl, then writes the shards; returns a summary.
 
-  `time_limit_s`: a clip still running after this many seconds (wall clock) is killed and skipped
-  with the reason "timed out after N s"; with a limit, clips always run in worker processes.
+  `clip_runner(todo, config)` yields the ClipResults of the clips to process (in any order); by
+  default a local process pool of `workers` runs them (data_prep/beam_build.py: a Beam pipeline).
+
+  `time_limit_s` (the local runner): a clip still running after this many seconds (wall clock) is
+  killed and skipped with the reason "timed out after N s"; with a limit, clips always run in
+  worker processes.
   Raises BuildError while another build holds OUT (OUT/build.lock).
   """
   try:
@@ -503,12 +513,13 @@ def build(specs: Sequence[ClipSpec], out_dir: str | os.PathLike, config: PrepCon
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   with _exclusive(out):
-    return _build(specs, out, config, workers, corpus, retry_skipped, progress, time_limit_s)
+    return _build(specs, out, config, workers, corpus, retry_skipped, progress, time_limit_s,
+                  clip_runner)
 
 
 def _build(specs: Sequence[ClipSpec], out: pathlib.Path, config: PrepConfig, workers: int,
            corpus: Optional[str], retry_skipped: bool, progress: bool,
-           time_limit_s: Optional[float]) -> dict[str, Any]:
+           time_limit_s: Optional[float], clip_runner: Optional[ClipRunner]) -> dict[str, Any]:
   """build() while holding OUT's lock."""
   from kd_mh import records  # pylint: disable=import-outside-toplevel  (TensorFlow: parent only)
 
@@ -542,7 +553,9 @@ def _build(specs: Sequence[ClipSpec], out: pathlib.Path, config: PrepConfig, wor
   started = time.time()
   with open(manifest_path, "ab", buffering=0) as manifest:  # unbuffered: one write() per line
     bar = tqdm.tqdm(total=len(todo), desc=f"prep {corpus}", unit="clip", disable=not progress)
-    for result in _run_clips(todo, config, workers, time_limit_s):
+    results = (clip_runner(todo, config) if clip_runner is not None
+               else _run_clips(todo, config, workers, time_limit_s))
+    for result in results:
       clip_id = result.manifest["clip_id"]
       if result.example is not None:
         # The record lands before its manifest line, so an "ok" line always has its record.

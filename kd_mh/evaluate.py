@@ -23,6 +23,10 @@ Steps:
                 emotional face, or the reverse): flat affect
      natural    a clip's own face and voice whose per-modality labels (`face_label`,
                 `voice_label`) both exist and differ
+     cross_congruent  face of i, voice of j != i, the same emotion: the control for the main
+                comparison. Congruent pairs share a recording and swapped / flat ones never do,
+                so a score could separate them by recording rather than by emotion; this
+                comparison (`cross_clip`: cross_congruent vs swapped + flat) shows whether it does.
    swapped and flat are disjoint and together are every cross-clip pair whose labels differ.
    Which types there are, and how many of each, is drawn deterministically from `seed`, at most
    `max_pairs` per type.
@@ -80,13 +84,14 @@ ROC_PNG = "roc.png"
 HISTOGRAM_PNG = "divergence_hist.png"
 RELIABILITY_PNG = "reliability.png"
 
-PAIR_TYPES: tuple[str, ...] = ("congruent", "swapped", "flat", "natural")
-# Comparison -> the pair types taken as incongruent against the congruent pairs.
-COMPARISONS: Mapping[str, tuple[str, ...]] = {
-    "main": ("swapped", "flat"),
-    "swapped": ("swapped",),
-    "flat": ("flat",),
-    "natural": ("natural",),
+PAIR_TYPES: tuple[str, ...] = ("congruent", "swapped", "flat", "natural", "cross_congruent")
+# Comparison -> (the pair types taken as congruent, those taken as incongruent).
+COMPARISONS: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "main": (("congruent",), ("swapped", "flat")),
+    "swapped": (("congruent",), ("swapped",)),
+    "flat": (("congruent",), ("flat",)),
+    "natural": (("congruent",), ("natural",)),
+    "cross_clip": (("cross_congruent",), ("swapped", "flat")),
 }
 EMBEDDING_SCORE = "embedding_cosine"
 SCORES: tuple[str, ...] = tuple(divergence.DIVERGENCES) + (EMBEDDING_SCORE,)
@@ -159,13 +164,15 @@ def build_pairs(face_target: np.ndarray, voice_target: np.ndarray, face_label: n
                                & (face_label != voice_label))
   clips = np.flatnonzero(labelled)
   f, v = face_target[clips][:, None], voice_target[clips][None, :]
-  differ = (f != v) & (clips[:, None] != clips[None, :])  # [C, C]: face clip x voice clip
+  other = clips[:, None] != clips[None, :]  # [C, C]: face clip x voice clip
+  differ = (f != v) & other
   one_neutral = (f == NEUTRAL) ^ (v == NEUTRAL)
   candidates = {
       "congruent": (own_congruent, own_congruent),
       "swapped": tuple(clips[k] for k in np.nonzero(differ & ~one_neutral)),
       "flat": tuple(clips[k] for k in np.nonzero(differ & one_neutral)),
       "natural": (own_natural, own_natural),
+      "cross_congruent": tuple(clips[k] for k in np.nonzero((f == v) & other)),
   }
   rng = np.random.default_rng(seed)
   faces, voices, kinds = [], [], []
@@ -207,12 +214,11 @@ def pair_scores(face_probs: np.ndarray, voice_probs: np.ndarray, face_embedding:
 def analyze_scores(scores: Mapping[str, np.ndarray], pairs: Pairs, fpr_target: float,
                    n_bootstrap: int, seed: int) -> dict[str, dict[str, Optional[roc.RocResult]]]:
   """`roc.analyze` per score and comparison (`COMPARISONS`); None where a side has no pairs."""
-  congruent = pairs.is_type("congruent")
   results: dict[str, dict[str, Optional[roc.RocResult]]] = {}
   for name, values in scores.items():
     results[name] = {}
-    for comparison, positives in COMPARISONS.items():
-      incongruent = pairs.is_type(*positives)
+    for comparison, (negatives, positives) in COMPARISONS.items():
+      congruent, incongruent = pairs.is_type(*negatives), pairs.is_type(*positives)
       keep = congruent | incongruent
       if not (congruent.any() and incongruent.any()):
         results[name][comparison] = None
@@ -229,7 +235,7 @@ _CURVE = ("fpr", "tpr", "thresholds")
 def roc_summary(result: Optional[roc.RocResult], comparison: str) -> dict[str, Any]:
   """A RocResult as JSON without its curve, or why there is none."""
   if result is None:
-    missing = " or ".join(("congruent",) + COMPARISONS[comparison])
+    missing = " or ".join(sum(COMPARISONS[comparison], ()))
     return {"skipped": f"no {missing} pairs"}
   return {k: v for k, v in result.to_json().items() if k not in _CURVE}
 
@@ -244,8 +250,8 @@ def finite_threshold(threshold: float, scores: np.ndarray) -> float:
 
 def operating_point(scores: np.ndarray, pairs: Pairs, threshold: float) -> dict[str, Any]:
   """TPR and FPR of flagging `scores >= threshold` on the main comparison's pairs."""
-  positive = pairs.is_type(*COMPARISONS["main"])
-  negative = pairs.is_type("congruent")
+  negatives, positives = COMPARISONS["main"]
+  positive, negative = pairs.is_type(*positives), pairs.is_type(*negatives)
   flagged = scores >= threshold
   rate = lambda mask: float(np.mean(flagged[mask])) if mask.any() else None
   return {"threshold": float(threshold), "tpr": rate(positive), "fpr": rate(negative),
@@ -272,8 +278,8 @@ def choose_threshold(config: ml_collections.ConfigDict, calibration_outputs, cal
                                                   calibrations["student"].temperature)
       scores = divergence.divergence(config.divergence, face_probs[pairs.face],
                                      voice_probs[pairs.voice])
-      selected = pairs.is_type("congruent", *COMPARISONS["main"])
-      roc_result = roc.analyze(scores[selected], pairs.is_type(*COMPARISONS["main"])[selected],
+      selected = pairs.is_type(*sum(COMPARISONS["main"], ()))
+      roc_result = roc.analyze(scores[selected], pairs.is_type(*COMPARISONS["main"][1])[selected],
                                fpr_target=float(config.fpr_target), n_bootstrap=1,
                                seed=int(config.seed))
       split, split_scores = config.data.calibration_split, scores[selected]
@@ -284,7 +290,7 @@ def choose_threshold(config: ml_collections.ConfigDict, calibration_outputs, cal
     roc_result = evaluation_roc
     split = config.data.split
     split_scores = evaluation_scores[config.divergence][
-        evaluation_pairs.is_type("congruent", *COMPARISONS["main"])]
+        evaluation_pairs.is_type(*sum(COMPARISONS["main"], ()))]
   if not (math.isfinite(roc_result.youden_threshold)
           and math.isfinite(roc_result.threshold_at_fpr)):
     logging.warning("no point of a rule flags any pair; its threshold is set above every score")
@@ -295,7 +301,8 @@ def choose_threshold(config: ml_collections.ConfigDict, calibration_outputs, cal
 
 
 def comparison_label(comparison: str) -> str:
-  return "congruent vs " + "+".join(COMPARISONS[comparison])
+  negatives, positives = COMPARISONS[comparison]
+  return f"{'+'.join(negatives)} vs {'+'.join(positives)}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import numpy as np
+from tensorflow.core.example import example_pb2
 import tensorflow_datasets as tfds
 
 _F = tfds.features
@@ -83,9 +84,14 @@ def check_example(example: Mapping[str, Any], feats: _F.FeaturesDict) -> None:
 
 
 def write_example(example: Mapping[str, Any], feats: _F.FeaturesDict) -> bytes:
-  """Serialises one example (a dict of NumPy values / strings) to tf.train.Example bytes."""
+  """Serialises one example (a dict of NumPy values / strings) to tf.train.Example bytes.
+
+  The bytes are the same in every process: protobuf writes a map (the Example's feature map) in
+  an order that varies between processes unless asked for its deterministic form.
+  """
   check_example(example, feats)
-  return feats.serialize_example(dict(example))
+  proto = example_pb2.Example.FromString(feats.serialize_example(dict(example)))
+  return proto.SerializeToString(deterministic=True)
 
 
 def parse_example(serialized: bytes, feats: _F.FeaturesDict) -> dict[str, Any]:

@@ -16,7 +16,10 @@ holds the train state, the input pipeline's position (so a resumed run sees exac
 uninterrupted one would) and, for the student, the teacher's variables; the latest
 `keep_checkpoints` and the best by `best_metric` on the validation split (evaluated at every
 checkpoint and every `eval_every_steps`) are kept. A run restarted in the same workdir resumes from
-the latest checkpoint.
+the latest checkpoint that reads back whole: each checkpoint carries a SHA-256 digest of its arrays,
+checked on restore, and one that fails (a garbled, truncated or missing file) is set aside with a
+warning for the one before it (`CheckpointError` when none is left). orbax writes a checkpoint into
+a temporary directory and renames it when complete, so a run killed mid-save leaves no step behind.
 
 Outputs in `workdir`: config.json (the config, with the input shapes it was trained on),
 checkpoints/<step>/, TensorBoard event files (train/ and eval/ scalars). A step whose loss,
@@ -28,6 +31,7 @@ the last good one.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -59,6 +63,8 @@ MODES = ("teacher", "student", "student_supervised")
 TEACHER_INITS = ("fer2013", "random")  # or the workdir of a teacher run
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
+UNREADABLE_DIR = "unreadable_checkpoints"  # where bad checkpoints are set aside
+_DIGEST = "digest"  # the checkpoint item holding `tree_digest` of every other item
 _EVAL_METRICS = {
     "teacher": ("accuracy", "uar", "ce"),
     "student": ("accuracy", "uar", "ce", "kd", "align", "agreement", "teacher_accuracy"),
@@ -68,6 +74,10 @@ _EVAL_METRICS = {
 
 class NonFiniteError(FloatingPointError):
   """Training produced a non-finite loss, gradient or update."""
+
+
+class CheckpointError(ValueError):
+  """No checkpoint of a workdir could be restored (each one tried is named with its reason)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,28 +485,172 @@ def _abstract(tree: Any, sharding: jax.sharding.Sharding) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
+def _best_score(config: ml_collections.ConfigDict):
+  """metrics -> how good a checkpoint is by `config.best_metric`; None without evaluation."""
+  if not config.data.eval_split:
+    return None
+  best_metric = config.best_metric
+  # A metric without examples to measure it (NaN) never makes a checkpoint the best.
+  return lambda metrics: (metrics[best_metric] if math.isfinite(metrics[best_metric])
+                          else -math.inf)
+
+
+class _CheckpointManager(ocp.CheckpointManager):
+  """orbax's manager, except that a checkpoint whose metrics file cannot be parsed counts as one
+  without metrics (with a warning) instead of making the whole directory fail to open."""
+
+  def metrics(self, step: int) -> Optional[Any]:
+    try:
+      return super().metrics(step)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+      logging.warning("checkpoint %s: its metrics are unreadable (%s); it cannot be the best",
+                      self.directory / str(step), _reason(e))
+      return None
+
+
 def _checkpoint_manager(workdir: epath.Path, config: ml_collections.ConfigDict,
                         read_only: bool = False) -> ocp.CheckpointManager:
-  best_metric = config.best_metric
   policies = [ocp.checkpoint_managers.LatestN(n=config.keep_checkpoints)]
-  best_fn = None
-  if config.data.eval_split:
-    # A metric without examples to measure it (NaN) never makes a checkpoint the best.
-    best_fn = lambda metrics: (metrics[best_metric] if math.isfinite(metrics[best_metric])
-                               else -math.inf)
+  best_fn = _best_score(config)
+  if best_fn is not None:
     policies.append(ocp.checkpoint_managers.BestN(
         get_metric_fn=best_fn, reverse=False, n=1, keep_checkpoints_without_metrics=False))
   options = ocp.CheckpointManagerOptions(
       best_fn=best_fn, best_mode="max", read_only=read_only,
+      # Unfinished saves of a killed run (`<step>.orbax-checkpoint-tmp`, never taken for a
+      # step) are removed when a run starts.
+      cleanup_tmp_directories=not read_only,
       preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
-  return ocp.CheckpointManager(workdir / CHECKPOINT_DIR, options=options)
+  return _CheckpointManager(workdir / CHECKPOINT_DIR, options=options)
 
 
-def _restore_args(abstract_state: Any, abstract_teacher: Any) -> ocp.args.Composite:
+def _host_array(x: Any) -> np.ndarray:
+  """A host copy of a replicated array, also where other processes hold some of its devices."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    local = np.asarray(x.addressable_data(0))
+    if local.shape != x.shape:
+      raise ValueError(f"expected a replicated array, got a shard {local.shape} of {x.shape}")
+    return local
+  return np.asarray(x)
+
+
+def tree_digest(tree: Any) -> dict[str, str]:
+  """{leaf path: SHA-256 of its dtype, shape and bytes} of a pytree of arrays and numbers."""
+  digest = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    array = _host_array(leaf)
+    sha = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    sha.update(array.tobytes())  # C order, whatever the layout
+    digest[jax.tree_util.keystr(path)] = sha.hexdigest()
+  return digest
+
+
+def _check_digest(restored: Mapping[str, Any], saved: Mapping[str, Mapping[str, str]]) -> None:
+  """Raises CheckpointError naming the first item or array that differs from its saved digest.
+
+  orbax does not checksum array data: a garbled array file restores without an error.
+  """
+  for item, leaves in saved.items():
+    if item not in restored:
+      raise CheckpointError(f"item {item!r} is missing")
+    got = tree_digest(restored[item])
+    for path, expected in leaves.items():
+      if got.get(path) != expected:
+        raise CheckpointError(f"{item}{path} differs from the digest saved with it")
+    if set(got) != set(leaves):
+      raise CheckpointError(f"{item} holds other arrays than the digest saved with it")
+
+
+def _restore_args(abstract_state: Any, abstract_teacher: Any,
+                  digest: bool = False) -> ocp.args.Composite:
   items = {"state": ocp.args.StandardRestore(abstract_state), "data": ocp.args.JsonRestore()}
   if abstract_teacher is not None:
     items["teacher"] = ocp.args.StandardRestore(abstract_teacher)
+  if digest:
+    items[_DIGEST] = ocp.args.JsonRestore()
   return ocp.args.Composite(**items)
+
+
+def _save_args(items: Mapping[str, Any]) -> ocp.args.Composite:
+  """Checkpoint items {"state": TrainState, "data": position dict, ["teacher": variables]} ->
+  orbax save arguments, with their digest."""
+  args = {name: ocp.args.JsonSave(tree) if name == "data" else ocp.args.StandardSave(tree)
+          for name, tree in items.items()}
+  args[_DIGEST] = ocp.args.JsonSave({name: tree_digest(tree) for name, tree in items.items()})
+  return ocp.args.Composite(**args)
+
+
+def _reason(error: BaseException) -> str:
+  """A one-line account of why a checkpoint could not be read (TensorStore's messages run long)."""
+  text = str(error).strip().splitlines()
+  text = text[0] if text else ""
+  return f"{type(error).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
+
+
+def _restore_step(mngr: ocp.CheckpointManager, step: int, abstract_state: Any,
+                  abstract_teacher: Any) -> dict[str, Any]:
+  """Checkpoint `step`'s items, checked against its digest (checkpoints from before digests were
+  saved are taken as they are)."""
+  has_digest = (epath.Path(mngr.directory) / str(step) / _DIGEST).exists()
+  restored = dict(mngr.restore(step, args=_restore_args(abstract_state, abstract_teacher,
+                                                        has_digest)))
+  if has_digest:
+    _check_digest(restored, restored.pop(_DIGEST))
+  return restored
+
+
+def _restore_first_good(mngr: ocp.CheckpointManager, steps: list[int], abstract_state: Any,
+                        abstract_teacher: Any) -> tuple[int, dict[str, Any], list[int]]:
+  """(step, items, unreadable steps) of the first of `steps` that restores whole; warns for each one
+  that does not, and raises CheckpointError, naming each with its reason, when none does."""
+  failures = []
+  for step in steps:
+    try:
+      return step, _restore_step(mngr, step, abstract_state, abstract_teacher), [
+          bad for bad, _ in failures]
+    except Exception as e:  # pylint: disable=broad-except
+      # orbax and TensorStore fail on damaged files with many kinds of error (ValueError,
+      # KeyError, UnicodeDecodeError, bare Exception); any of them makes the checkpoint unusable.
+      failures.append((step, _reason(e)))
+      logging.warning("checkpoint %s is unreadable (%s)%s", epath.Path(mngr.directory) / str(step),
+                      failures[-1][1], "; trying the one before it" if step != steps[-1] else "")
+  raise CheckpointError(
+      f"no checkpoint in {mngr.directory} could be restored: "
+      + "; ".join(f"step {step}: {reason}" for step, reason in failures)
+      + ". Move the directory away to train from scratch.")
+
+
+def _set_aside(workdir: epath.Path, mngr: ocp.CheckpointManager, steps: list[int]) -> None:
+  """Moves unreadable checkpoints to workdir/unreadable_checkpoints/<step>[.N], so the run goes
+  on from the one it restored and can save those steps anew."""
+  if jax.process_index() == 0:
+    aside = workdir / UNREADABLE_DIR
+    aside.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+      target, n = aside / str(step), 0
+      while target.exists():
+        n += 1
+        target = aside / f"{step}.{n}"
+      (epath.Path(mngr.directory) / str(step)).rename(target)
+      logging.warning("set checkpoint %d aside in %s", step, target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices("kd_mh checkpoints set aside")
+  mngr.reload()
+
+
+def _restore_order(mngr: ocp.CheckpointManager, config: ml_collections.ConfigDict,
+                   latest: bool) -> list[int]:
+  """The steps to try, latest first, or with `latest` False and an evaluation split: best first
+  (ties: the later), then those without metrics, latest first."""
+  steps = sorted(mngr.all_steps(), reverse=True)
+  score = _best_score(config)
+  if latest or score is None:
+    return steps
+  metrics = {step: mngr.metrics(step) for step in steps}
+  ranked = sorted((step for step in steps if metrics[step] is not None),
+                  key=lambda step: (score(metrics[step]), step), reverse=True)
+  return ranked + [step for step in steps if metrics[step] is None]
 
 
 def load_teacher(config: ml_collections.ConfigDict, inputs: Inputs, rng: jax.Array,
@@ -531,7 +685,11 @@ def model_inputs(config: ml_collections.ConfigDict, split: input_pipeline.Split)
 
 def load_trained(workdir: str, step: Optional[int] = None, latest: bool = False) -> Trained:
   """The model of a run in `workdir`: its best checkpoint (or the latest without evaluation), its
-  latest with `latest`, or checkpoint `step`."""
+  latest with `latest`, or checkpoint `step`.
+
+  A best or latest checkpoint that does not read back whole is passed over, with a warning, for
+  the next best or the one before it; CheckpointError when none (or `step`) is readable.
+  """
   workdir = epath.Path(workdir)
   config_path = workdir / CONFIG_FILE
   if not config_path.exists():
@@ -544,8 +702,12 @@ def load_trained(workdir: str, step: Optional[int] = None, latest: bool = False)
   spec = step_spec(config, teacher)
   mngr = _checkpoint_manager(workdir, config, read_only=True)
   if step is None:
-    step = mngr.latest_step() if latest else mngr.best_step()
-  if step is None:
+    steps = _restore_order(mngr, config, latest)
+  elif step in mngr.all_steps():
+    steps = [step]
+  else:
+    raise ValueError(f"{workdir}: no checkpoint {step} (it has {sorted(mngr.all_steps())})")
+  if not steps:
     raise ValueError(f"{workdir}: no checkpoint")
   sharding = parallel.replicated(parallel.make_mesh())
   key = jax.random.PRNGKey(0)
@@ -555,7 +717,10 @@ def load_trained(workdir: str, step: Optional[int] = None, latest: bool = False)
   if config.mode == "student":
     abstract_teacher = _abstract(jax.eval_shape(
         lambda k: init_teacher(teacher, inputs, k), key), sharding)
-  restored = mngr.restore(step, args=_restore_args(abstract_state, abstract_teacher))
+  step, restored, unreadable = _restore_first_good(mngr, steps, abstract_state, abstract_teacher)
+  if unreadable:
+    logging.warning("%s: using checkpoint %d instead of the unreadable %s", workdir, step,
+                    ", ".join(map(str, unreadable)))
   state = restored["state"]
   variables = {"params": state.params}
   if state.batch_stats:
@@ -699,8 +864,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mngr = _checkpoint_manager(workdir, config)
   position = input_pipeline.Position()
   if mngr.latest_step() is not None:
-    restored = mngr.restore(mngr.latest_step(),
-                            args=_restore_args(abstract_state, abstract_teacher))
+    _, restored, unreadable = _restore_first_good(
+        mngr, sorted(mngr.all_steps(), reverse=True), abstract_state, abstract_teacher)
+    if unreadable:
+      _set_aside(workdir, mngr, unreadable)
     state, position = restored["state"], input_pipeline.Position.from_dict(restored["data"])
     if abstract_teacher is not None:
       teacher_variables = restored["teacher"]
@@ -725,7 +892,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.mode != "student_supervised":
       saved.teacher.model = teacher_kwargs  # what the teacher really is (e.g. from a workdir)
     saved.inputs = dataclasses.asdict(inputs)
-    (workdir / CONFIG_FILE).write_text(saved.to_json(indent=2))
+    # Whole or not at all, so that a run killed here leaves the previous config.json readable.
+    partial = workdir / f"{CONFIG_FILE}.tmp"
+    partial.write_text(saved.to_json(indent=2))
+    partial.replace(workdir / CONFIG_FILE)
 
   p_train_step, p_eval_step = jit_steps(spec, mesh)
 
@@ -777,11 +947,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
       result["eval"] = eval_metrics
     if do_save:
-      items = {"state": ocp.args.StandardSave(state),
-               "data": ocp.args.JsonSave(batches.position.to_dict())}
+      items = {"state": state, "data": batches.position.to_dict()}
       if config.mode == "student":
-        items["teacher"] = ocp.args.StandardSave(teacher_variables)
-      mngr.save(step, args=ocp.args.Composite(**items), metrics=eval_metrics)
+        items["teacher"] = teacher_variables
+      mngr.save(step, args=_save_args(items), metrics=eval_metrics)
     window_time = time.time() if not window else window_time
   mngr.wait_until_finished()
   writer.flush()

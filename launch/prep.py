@@ -2,6 +2,14 @@
 
   kd-mh prep --corpus=cremad --root=/data/CREMA-D --out=/data/prepared/cremad
 
+  kd-mh prep --corpus=cremad --root=/data/CREMA-D --out=/data/prepared/cremad \
+      --runner=DirectRunner \
+      --beam_options="--direct_num_workers=2 --direct_running_mode=multi_processing"
+
+--runner=<a Beam runner> (DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, PortableRunner)
+processes the clips in an Apache Beam pipeline instead of the local process pool, with the same
+outputs (data_prep/beam_build.py).
+
 With --corpus=demo and a --root that holds no demo corpus yet, the demo corpus is generated there
 first (data_prep/synthetic.py).
 
@@ -31,7 +39,16 @@ from data_prep.corpora import demo
 _CORPUS = flags.DEFINE_string("corpus", None, f"one of: {', '.join(sorted(corpora.READERS))}")
 _ROOT = flags.DEFINE_string("root", None, "the corpus root folder")
 _OUT = flags.DEFINE_string("out", None, "output directory (created; a rerun resumes)")
-_WORKERS = flags.DEFINE_integer("workers", os.cpu_count() or 1, "parallel worker processes")
+_WORKERS = flags.DEFINE_integer("workers", os.cpu_count() or 1,
+                                "parallel worker processes (with --runner=local)")
+_RUNNER = flags.DEFINE_string(
+    "runner", "local",
+    "local (a process pool of --workers) or an Apache Beam runner: DirectRunner, DataflowRunner, "
+    "FlinkRunner, SparkRunner, PortableRunner")
+_BEAM_OPTIONS = flags.DEFINE_string(
+    "beam_options", "", "with a Beam --runner: its pipeline options, split like a shell command "
+    "line, e.g. \"--direct_num_workers=2 --direct_running_mode=multi_processing\" or "
+    "\"--project=P --region=R --temp_location=gs://B/tmp\"")
 _FPS = flags.DEFINE_float("fps", 10.0, "face sampling rate (frames per second)")
 _MAX_DURATION = flags.DEFINE_float("max_duration_s", 60.0, "longer clips are capped to this")
 _METHOD = flags.DEFINE_enum("speaker_method", "av", ["av", "cluster"],
@@ -44,8 +61,8 @@ _N_MELS = flags.DEFINE_integer("n_mels", 64, "mel bins of the log-mel")
 _REQUIRE_FACE = flags.DEFINE_bool("require_face", True, "skip video clips without any face")
 _REQUIRE_AUDIO = flags.DEFINE_bool("require_audio", True, "skip video clips without audio")
 _TIME_LIMIT = flags.DEFINE_float(
-    "time_limit_s", 600.0, "a clip still running after this many seconds (a hung decoder) is "
-    "killed and skipped with the reason 'timed out after N s'; 0 for no limit")
+    "time_limit_s", 600.0, "with --runner=local: a clip still running after this many seconds (a "
+    "hung decoder) is killed and skipped with the reason 'timed out after N s'; 0 for no limit")
 _RETRY = flags.DEFINE_bool("retry_skipped", False, "reprocess clips skipped by an earlier run")
 _PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar")
 _DEMO_CLIPS = flags.DEFINE_integer(
@@ -126,6 +143,16 @@ def main(argv):
     config.validate()
   except ValueError as e:
     raise _usage(str(e)) from None
+  clip_runner = None
+  if _RUNNER.value != "local":
+    from data_prep import beam_build  # pylint: disable=import-outside-toplevel  (Beam: only here)
+    try:
+      clip_runner = beam_build.clip_runner(
+          beam_build.pipeline_options(_RUNNER.value, _BEAM_OPTIONS.value), _OUT.value)
+    except ValueError as e:
+      raise _usage(str(e)) from None
+  elif _BEAM_OPTIONS.value:
+    raise _usage("--beam_options needs a Beam --runner (e.g. --runner=DirectRunner)")
   try:
     specs = corpora.read_corpus(_CORPUS.value, _ROOT.value, **reader_options(_CORPUS.value))
   except (ValueError, OSError) as e:  # the reader could not list the corpus at all
@@ -134,7 +161,7 @@ def main(argv):
   try:
     summary = build.build(specs, _OUT.value, config, workers=_WORKERS.value, corpus=_CORPUS.value,
                           retry_skipped=_RETRY.value, progress=_PROGRESS.value,
-                          time_limit_s=_TIME_LIMIT.value or None)
+                          time_limit_s=_TIME_LIMIT.value or None, clip_runner=clip_runner)
   except build.BuildError as e:
     raise _usage(str(e)) from None
   print(build.format_summary(summary))

@@ -31,12 +31,15 @@ def _pair_set(pairs, kind):
 def test_hand_made_pairs():
   face, voice, usable = _hand_clips()
   pairs = evaluate.build_pairs(face, voice, face, voice, usable, max_pairs=100, seed=0)
-  assert pairs.counts() == {"congruent": 3, "swapped": 4, "flat": 7, "natural": 1}
+  assert pairs.counts() == {"congruent": 3, "swapped": 4, "flat": 7, "natural": 1,
+                            "cross_congruent": 1}
   assert _pair_set(pairs, "congruent") == {(0, 0), (1, 1), (2, 2)}
   assert _pair_set(pairs, "natural") == {(3, 3)}
+  # The only other clip with a voice of the same emotion as a face: 3's neutral voice.
+  assert _pair_set(pairs, "cross_congruent") == {(2, 3)}
   # Emotional face with another emotion's voice (happy/sad/angry), both ways.
   assert _pair_set(pairs, "swapped") == {(0, 1), (1, 0), (3, 0), (3, 1)}
-  # (2, 3) is missing: both voices are neutral, so the labels agree.
+  # (2, 3) is missing: both are neutral, so the labels agree (it is the cross-clip control).
   assert _pair_set(pairs, "flat") == {(0, 2), (0, 3), (1, 2), (1, 3), (2, 0), (2, 1), (3, 2)}
 
 
@@ -45,7 +48,8 @@ def test_pairs_fall_back_to_the_clip_label():
   label = np.array([HAPPY, SAD])
   none = np.full(2, UNLABELLED)
   pairs = evaluate.build_pairs(label, label, none, none, np.ones(2, bool), max_pairs=10, seed=0)
-  assert pairs.counts() == {"congruent": 2, "swapped": 2, "flat": 0, "natural": 0}
+  assert pairs.counts() == {"congruent": 2, "swapped": 2, "flat": 0, "natural": 0,
+                            "cross_congruent": 0}
 
 
 def test_pair_invariants_and_cap_on_random_labels():
@@ -74,6 +78,8 @@ def test_pair_invariants_and_cap_on_random_labels():
     swapped, flat = pairs.is_type("swapped"), pairs.is_type("flat")
     assert not np.any((f[swapped] == NEUTRAL) | (v[swapped] == NEUTRAL))
     assert np.all((f[flat] == NEUTRAL) ^ (v[flat] == NEUTRAL))
+    control = pairs.is_type("cross_congruent")
+    assert np.all(pairs.face[control] != pairs.voice[control]) and np.all(f[control] == v[control])
     own = pairs.is_type("congruent", "natural")
     assert np.all(pairs.face[own] == pairs.voice[own])
     assert np.all(f[pairs.is_type("congruent")] == v[pairs.is_type("congruent")])
@@ -218,7 +224,7 @@ def test_evaluate_tiny_run(tmp_path, tiny_runs, demo_corpus):
   assert 0 <= metrics["auc"] <= 1 and metrics["auc_ci"][0] <= metrics["auc_ci"][1]
   assert metrics["n_negative"] == counts["congruent"]
   assert metrics["n_positive"] == counts["swapped"] + counts["flat"]
-  assert set(metrics["pair_types"]) == {"swapped", "flat", "natural"}
+  assert set(metrics["pair_types"]) == {"swapped", "flat", "natural", "cross_clip"}
   assert set(metrics["scores"]) == set(evaluate.SCORES)
   for model in ("teacher", "student"):
     calibration = metrics["calibration"][model]

@@ -48,3 +48,23 @@ def test_schema_errors_name_the_field():
     records.write_example(_example(mels=80), feats)
   with pytest.raises(ValueError, match="missing fields"):
     records.write_example({k: v for k, v in _example().items() if k != "label"}, feats)
+
+
+def test_serialised_bytes_are_the_same_in_every_process():
+  """The feature map's order must not follow the process's hash seed (builds run in workers)."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  script = ("import hashlib, sys; sys.path.insert(0, 'tests'); import test_records as t; "
+            "from kd_mh import records; f = records.features(); "
+            "print(hashlib.sha256(records.write_example(t._example(), f)).hexdigest())")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  digests = set()
+  for seed in ("1", "2", "3"):
+    env = {**os.environ, "PYTHONHASHSEED": seed, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, check=True,
+                         capture_output=True, text=True).stdout.split()
+    digests.add(out[-1])
+  here = hashlib.sha256(records.write_example(_example(), records.features())).hexdigest()
+  assert digests == {here}
