@@ -145,6 +145,7 @@ def prep_faults(root: str | os.PathLike, work: str | os.PathLike, n_faults: int 
   problems = [f"reference: {p}" for p in fuzz.check_output(reference, clip_ids)]
 
   counts = collections.Counter()
+  kills = []  # when each kill came: seconds after the first manifest line, lines written by then
   for fault in range(n_faults):
     out = work / f"killed{fault}"
     delay = float(rng.uniform(0.0, 0.8 * window))
@@ -158,6 +159,7 @@ def prep_faults(root: str | os.PathLike, work: str | os.PathLike, n_faults: int 
     _kill_group(process)
     counts["faults_injected"] += 1
     lines_at_kill = _lines(out)
+    kills.append(f"+{delay:.2f} s, {lines_at_kill} lines")
     torn = fault % 2 == 0 and _tear_last_line(out, rng)
     counts["torn_lines_injected"] += torn
 
@@ -185,7 +187,8 @@ def prep_faults(root: str | os.PathLike, work: str | os.PathLike, n_faults: int 
           "concurrent_builds_refused": counts["concurrent_builds_refused"],
           "duplicate_lines": counts["duplicate_lines"],
           "good_examples_lost": counts["good_examples_lost"],
-          "clips": len(clip_ids), "kill_window_s": round(window, 2), "problems": problems}
+          "clips": len(clip_ids), "kill_window_s": round(window, 2), "kills": kills,
+          "problems": problems}
 
 
 def bad_inputs(data_dir: str | os.PathLike, work: str | os.PathLike, n_cases: int = 200,

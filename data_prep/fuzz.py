@@ -74,7 +74,7 @@ class _Sources:
   flv: list[pathlib.Path]  # CREMA-D: VP6 + MP3 in FLV
   wav: list[pathlib.Path]  # CREMA-D: PCM16 16 kHz
   mp3: list[pathlib.Path]  # CREMA-D: MP3 44.1 kHz
-  wav48: list[pathlib.Path]  # RAVDESS: PCM16 48 kHz
+  wav48: list[pathlib.Path]  # RAVDESS Actor_01: PCM16 WAV as released
   flac: list[pathlib.Path]  # RAVDESS: FLAC 16 kHz
 
   @classmethod
