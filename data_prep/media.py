@@ -66,7 +66,8 @@ def _open(path: PathLike) -> av.container.InputContainer:
   if os.path.getsize(path) == 0:
     raise MediaError(path, "empty file (0 bytes)")
   try:
-    container = av.open(path, mode="r")
+    # Tags are never used; a damaged one must not make the file unreadable (PyAV decodes them).
+    container = av.open(path, mode="r", metadata_errors="replace")
   except av.error.FFmpegError as e:
     raise MediaError(path, f"not a readable media file ({e.strerror})") from e
   video = _video_stream(container)

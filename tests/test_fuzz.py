@@ -77,16 +77,20 @@ def test_inputs_that_once_crashed_the_build_are_now_reported(tmp_path):
   # 28 samples at 48 kHz: resampling gave no output at all.
   ravdess = shared_path("ravdess", "Actor_01", "03-01-01-01-01-01-01.wav").read_bytes()
   (root / "few_samples.wav").write_bytes(ravdess[:100])
+  # A tag that is not UTF-8 (one bit flipped in the LIST/INFO chunk): PyAV refused the file.
+  tag = wav.index(b"Lavf")
+  (root / "bad_tag.wav").write_bytes(wav[:tag] + b"\xb9" + wav[tag + 1:])
   # A name as long as the file system allows: the build's own files add to it.
   (root / ("n" * 251 + ".wav")).write_bytes(wav)
-  rows = ["zero_bits.wav,happy,s1", "few_samples.wav,sad,s1", "n" * 251 + ".wav,sad,s1",
+  rows = ["zero_bits.wav,happy,s1", "few_samples.wav,sad,s1", "bad_tag.wav,sad,s1",
+          "n" * 251 + ".wav,sad,s1",
           "a" * 300 + ".wav,sad,s1"]  # a name over the limit: the reader once gave up on the file
   (root / "labels.csv").write_text("path,label,speaker\n" + "\n".join(rows) + "\n")
   specs = corpora.read_corpus("folder", str(root))
-  assert len(specs) == 4
+  assert len(specs) == 5
   build.build(specs, tmp_path / "out", workers=1, progress=False, time_limit_s=60)
   lines = list(build.read_manifest(tmp_path / "out" / "manifest.jsonl").values())
-  assert [l["status"] for l in lines] == ["skipped", "ok", "skipped", "skipped"]
+  assert [l["status"] for l in lines] == ["skipped", "ok", "ok", "skipped", "skipped"]
   assert "the audio stream cannot be decoded" in lines[0]["reason"]
-  assert "too long for a file name" in lines[2]["reason"]
-  assert "labels.csv: line 5: path" in lines[3]["reason"] and "too long" in lines[3]["reason"]
+  assert "too long for a file name" in lines[3]["reason"]
+  assert "labels.csv: line 6: path" in lines[4]["reason"] and "too long" in lines[4]["reason"]
