@@ -6,7 +6,9 @@ Layout of an output directory OUT:
   OUT/clips/<clip_id>.pb      the finished example (a serialised tf.train.Example) of each ok clip:
                               what makes a rerun resumable
   OUT/tfds/<name>/1.0.0/      the shards per split + tfds metadata: tfds.load(name, data_dir=OUT/tfds)
-  OUT/prep_config.json        the options the directory was built with (a rerun must match them)
+  OUT/prep_config.json        the options the directory was built with (a rerun must match them),
+                              with store "embeddings" also the teacher (and checkpoint) that made
+                              the frame outputs
   OUT/summary.json            counts, reasons and timing of the last run
   OUT/build.lock              held (flock) by the running build, with its pid
 
@@ -17,6 +19,9 @@ A build may be killed at any moment (kill -9 of it and its workers): a record is
 rename) before its manifest line, each line is appended with one write, a torn last line is ignored
 on the rerun (with a warning) and that clip redone, and the manifest and shards are rewritten
 whole from the records at the end, so the rerun's output holds each clip exactly once.
+
+Privacy mode (PrepConfig.store "embeddings"): each record keeps the teacher's per-frame logits and
+embeddings of the speaker's face instead of the face crops, which never leave the worker's memory.
 """
 
 from __future__ import annotations
@@ -71,6 +76,10 @@ class PrepConfig:
   require_video: bool = False  # audio-visual corpora (MELD, the demo): a clip without video is skipped
   face: faces.FaceConfig = faces.FaceConfig()
   logmel: features.LogMelConfig = features.LogMelConfig()
+  # pixels: the face crops; embeddings (privacy mode): the teacher's frame outputs, no pixels.
+  store: str = "pixels"
+  teacher: str = ""  # store "embeddings": "fer2013" or a teacher run's workdir
+  teacher_step: int = -1  # that run's checkpoint (`resolve_teacher` fills it in)
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -85,6 +94,50 @@ class PrepConfig:
                        f"got {self.speaker_method!r}")
     self.face.validate()
     self.logmel.validate()
+    from kd_mh import records  # pylint: disable=import-outside-toplevel  (TensorFlow: parent only)
+    if self.store not in records.STORES:
+      raise ValueError(f"PrepConfig.store must be one of {records.STORES}, got {self.store!r}")
+    if self.store == "pixels" and (self.teacher or self.teacher_step != -1):
+      raise ValueError(f"PrepConfig.teacher={self.teacher!r} applies to store 'embeddings' only")
+    if self.store == "embeddings" and not self.teacher:
+      raise ValueError("PrepConfig.teacher must name the teacher of store 'embeddings' "
+                       "('fer2013' or a teacher run's workdir)")
+
+
+def resolve_teacher(config: PrepConfig) -> PrepConfig:
+  """`config` with its teacher pinned (an absolute workdir and checkpoint step), after checking
+  that the teacher takes the crops the build makes. Loads the teacher (cached for the build)."""
+  if config.store != "embeddings":
+    return config
+  from kd_mh import inference  # pylint: disable=import-outside-toplevel
+  from kd_mh import train  # pylint: disable=import-outside-toplevel
+  from kd_mh.models import pretrained  # pylint: disable=import-outside-toplevel
+  source, step = config.teacher, config.teacher_step
+  try:
+    if source != inference.FER2013 and step < 0:
+      source, step = train.teacher_source(source)
+    _, _, face_shape = inference.load_face_teacher(source, step)
+  except (ValueError, OSError, pretrained.PretrainedUnavailableError) as e:
+    raise BuildError(f"teacher {config.teacher!r}: {e}") from None
+  crops = (config.face.crop_size, config.face.crop_size, config.face.crop_channels)
+  if tuple(face_shape) != crops:
+    raise BuildError(f"teacher {source!r} takes faces of {tuple(face_shape)}, the build crops "
+                     f"{crops}: set the face size and channels to the teacher's")
+  return dataclasses.replace(config, teacher=source, teacher_step=step)
+
+
+def schema(config: PrepConfig):
+  """The records' schema (`kd_mh.records.features`) and tfds metadata (None for pixels)."""
+  from kd_mh import records  # pylint: disable=import-outside-toplevel
+  size, channels = config.face.crop_size, config.face.crop_channels
+  if config.store == "pixels":
+    return records.features(size, channels, config.logmel.n_mels), None
+  from kd_mh import inference  # pylint: disable=import-outside-toplevel
+  teacher, variables, face_shape = inference.load_face_teacher(config.teacher, config.teacher_step)
+  num_classes, dim = inference.frame_output_dims(teacher, variables, face_shape)
+  feats = records.features(size, channels, config.logmel.n_mels, store="embeddings",
+                           num_classes=num_classes, embedding_dim=dim)
+  return feats, records.embeddings_metadata(config.teacher, config.teacher_step, face_shape)
 
 
 @dataclasses.dataclass
@@ -154,6 +207,13 @@ def _example(spec: ClipSpec, config: PrepConfig, **fields: Any) -> dict[str, Any
       "speaker_score": 0.0, "speaker_tracks": np.zeros((0,), np.int64), "n_tracks": 0,
   }
   example.update(fields)
+  if config.store == "embeddings":
+    # Privacy mode: the crops are replaced by the teacher's frame outputs before the example
+    # leaves this function, so no face pixel reaches a record, a manifest or the parent process.
+    from kd_mh import inference  # pylint: disable=import-outside-toplevel
+    teacher, variables, _ = inference.load_face_teacher(config.teacher, config.teacher_step)
+    example["face_logits"], example["face_embedding"] = inference.frame_outputs(
+        teacher, variables, example.pop("faces"), example["face_mask"])
   return example
 
 
@@ -510,6 +570,7 @@ def build(specs: Sequence[ClipSpec], out_dir: str | os.PathLike, config: PrepCon
     raise BuildError(str(e)) from None
   if time_limit_s is not None and not time_limit_s > 0:
     raise BuildError(f"time_limit_s must be > 0 (or None for no limit), got {time_limit_s}")
+  config = resolve_teacher(config)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   with _exclusive(out):
@@ -537,7 +598,7 @@ def _build(specs: Sequence[ClipSpec], out: pathlib.Path, config: PrepConfig, wor
   specs = [s if s.error or _name_fits(s.clip_id, name_max) else dataclasses.replace(
       s, error=f"{s.path}: the clip id is too long for a file name under {out} "
                f"({name_max} bytes at most, with {_LONGEST_SUFFIX!r})") for s in specs]
-  feats = records.features(config.face.crop_size, config.face.crop_channels, config.logmel.n_mels)
+  feats, metadata = schema(config)
 
   manifest_path = out / "manifest.jsonl"
   done = read_manifest(manifest_path)
@@ -574,7 +635,8 @@ def _build(specs: Sequence[ClipSpec], out: pathlib.Path, config: PrepConfig, wor
   lines = [done[s.clip_id] for s in specs if s.clip_id in done]
   _atomic_write(manifest_path,
                 "".join(json.dumps(l, default=_json_default) + "\n" for l in lines).encode())
-  split_counts = write_shards(out, corpus, [l for l in lines if l["status"] == "ok"], feats)
+  split_counts = write_shards(out, corpus, [l for l in lines if l["status"] == "ok"], feats,
+                              metadata=metadata)
   summary = _summary(lines, split_counts, len(todo), time.time() - started, out, corpus)
   _atomic_write(out / "summary.json", json.dumps(summary, indent=2).encode())
   return summary
@@ -602,8 +664,10 @@ def _check_config(out: pathlib.Path, config: PrepConfig) -> None:
 
 
 def write_shards(out: pathlib.Path, corpus: str, ok_lines: Sequence[dict[str, Any]], feats,
-                 examples_per_shard: int = 1000) -> dict[str, int]:
-  """Groups the per-clip records into tfds-layout shards per split and writes tfds metadata."""
+                 examples_per_shard: int = 1000,
+                 metadata: Optional[dict[str, Any]] = None) -> dict[str, int]:
+  """Groups the per-clip records into tfds-layout shards per split and writes tfds metadata
+  (with `metadata`, e.g. which teacher made a corpus stored as embeddings, in metadata.json)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
@@ -638,10 +702,12 @@ def write_shards(out: pathlib.Path, corpus: str, ok_lines: Sequence[dict[str, An
     split_infos.append(tfds.core.SplitInfo(name=split, shard_lengths=shard_lengths,
                                            num_bytes=n_bytes, filename_template=template))
   if split_infos:
+    faces_held = ("speaker face crops" if metadata is None
+                  else "the teacher's per-frame outputs of the speaker's face (no face pixels)")
     tfds.folder_dataset.write_metadata(
         data_dir=data_dir, features=feats, split_infos=split_infos, filename_template=template,
-        check_data=False,
-        description=f"kd_mh prepared corpus '{corpus}': speaker face crops and log-mel per clip.")
+        check_data=False, metadata=tfds.core.MetadataDict(metadata) if metadata else None,
+        description=f"kd_mh prepared corpus '{corpus}': {faces_held} and log-mel per clip.")
   shutil.rmtree(final_dir, ignore_errors=True)
   os.replace(data_dir, final_dir)
   return counts

@@ -12,6 +12,10 @@ one row per example:
                                           whose frozen teacher it is); rows without a face hold
                                           the outputs for an empty mask (finite, meaningless)
   student_logits, student_embedding, student_aligned   the speech model's outputs (student runs)
+
+The teacher's outputs come from the faces, or, for a corpus stored as embeddings, are pooled from
+the frame outputs it holds. `load_face_teacher` and `frame_outputs` make those frame outputs when
+such a corpus is built.
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ import numpy as np
 
 from kd_mh import input_pipeline
 from kd_mh import train
+from kd_mh.models import pretrained
+from kd_mh.models import teacher as teacher_lib
+
+FER2013 = "fer2013"  # the pretrained FER2013 teacher (`kd_mh.models.pretrained`)
+FRAME_CHUNK = 32  # faces per teacher call in `frame_outputs`: one compilation for every clip
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
@@ -33,7 +42,7 @@ def _outputs(model: nn.Module, variables: Any, teacher: Optional[nn.Module],
              teacher_variables: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
   out = {}
   if teacher is not None:
-    t = teacher.apply(teacher_variables, batch["faces"], batch["face_mask"], train=False)
+    t = train.teacher_outputs(teacher, teacher_variables, batch)
     out.update(teacher_logits=t["logits"], teacher_embedding=t["embedding"])
   if model is not teacher:
     s = model.apply(variables, batch["logmel"], batch["logmel_mask"], train=False)
@@ -73,3 +82,52 @@ def predict(trained: train.Trained, split: input_pipeline.Split, batch_size: int
     for key, value in out.items():
       rows.setdefault(key, []).append(np.asarray(value)[real])
   return {key: np.concatenate(parts) for key, parts in rows.items()}
+
+
+@functools.lru_cache(maxsize=1)
+def load_face_teacher(source: str, step: int = -1,
+                      ) -> tuple[teacher_lib.Teacher, Any, tuple[int, int, int]]:
+  """(Teacher, variables, input face shape) of `source`: FER2013 (the pretrained backbone), or a
+  teacher run's workdir at checkpoint `step` (-1: the one `train.load_trained` picks).
+
+  Cached: a corpus build's worker loads its teacher once, whatever number of clips it makes.
+  """
+  if source == FER2013:
+    teacher = teacher_lib.Teacher()
+    variables = pretrained.init_teacher_variables(teacher, jax.random.PRNGKey(0))
+    return teacher, variables, (pretrained.INPUT_SIZE, pretrained.INPUT_SIZE, 1)
+  trained = train.load_teacher_run(source, None if step < 0 else step)
+  return (trained.model, trained.variables,
+          tuple(int(v) for v in trained.config.inputs.face_shape))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _frames(teacher: nn.Module, variables: Any, faces: jax.Array) -> dict[str, jax.Array]:
+  mask = jnp.ones(faces.shape[:2], bool)
+  return teacher.apply(variables, faces, mask, method=teacher_lib.Teacher.frames)
+
+
+def frame_output_dims(teacher: teacher_lib.Teacher, variables: Any,
+                      face_shape: tuple[int, int, int]) -> tuple[int, int]:
+  """(classes K, embedding width D) of the teacher's frame outputs, from shapes alone."""
+  shapes = jax.eval_shape(_frames, teacher, variables,
+                          jax.ShapeDtypeStruct((1, 1) + tuple(face_shape), np.uint8))
+  return shapes["frame_logits"].shape[-1], shapes["frame_embedding"].shape[-1]
+
+
+def frame_outputs(teacher: teacher_lib.Teacher, variables: Any, faces: np.ndarray,
+                  mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The teacher's frame logits [T, K] and embeddings [T, D] of faces [T, S, S, C] (float32;
+  zeros where `mask` [T] has no face), what a corpus stored as embeddings keeps."""
+  k, d = frame_output_dims(teacher, variables, faces.shape[1:])
+  logits = np.zeros((len(faces), k), np.float32)
+  embedding = np.zeros((len(faces), d), np.float32)
+  rows = np.flatnonzero(mask)
+  for start in range(0, len(rows), FRAME_CHUNK):
+    chunk = rows[start:start + FRAME_CHUNK]
+    batch = np.zeros((1, FRAME_CHUNK) + faces.shape[1:], np.uint8)
+    batch[0, :len(chunk)] = faces[chunk]
+    out = jax.device_get(_frames(teacher, variables, batch))
+    logits[chunk] = out["frame_logits"][0, :len(chunk)]
+    embedding[chunk] = out["frame_embedding"][0, :len(chunk)]
+  return logits, embedding

@@ -9,7 +9,9 @@ part (parsing, zlib decoding of faces, padding) in parallel and deterministicall
 
 Every batch is a dict of arrays with a leading example axis of the per-process batch size:
   faces         uint8 [B, max_frames, S, S, C]  the speaker's face, frames uniformly subsampled
-                when the clip is longer than max_frames, zero-padded when shorter
+                when the clip is longer than max_frames, zero-padded when shorter; from a corpus
+                stored as embeddings, face_logits [B, max_frames, K] and face_embedding
+                [B, max_frames, D] (the teacher's frame outputs) instead
   face_mask     bool [B, max_frames]            frames that hold a face
   logmel        float32 [B, max_logmel_frames, M]  centre crop when longer, zero-padded when shorter
   logmel_mask   bool [B, max_logmel_frames]
@@ -47,10 +49,9 @@ from kd_mh import records
 from kd_mh.emotions import NUM_CLASSES
 from kd_mh.emotions import UNLABELLED
 
-# Fields read to build a batch; the rest of the schema (ids, timestamps, isolation stats) is not.
-_BATCH_FIELDS = ("faces", "face_mask", "logmel", "logmel_mask", "label", "face_label",
-                 "voice_label")
-_FACE_FIELDS = ("faces", "face_mask")
+# Fields read to build a batch, besides the face fields of the corpus's store
+# (`records.face_fields`); the rest of the schema (ids, timestamps, isolation stats) is not.
+_BATCH_FIELDS = ("face_mask", "logmel", "logmel_mask", "label", "face_label", "voice_label")
 _INDEX_FIELDS = ("label", "face_label", "voice_label", "face_mask")
 _TFRECORD_HEADER = 12  # uint64 length + uint32 masked CRC of the length
 _TFRECORD_FOOTER = 4  # uint32 masked CRC of the data
@@ -83,6 +84,8 @@ class Split:
   Attributes:
     name: tfds name and split, for messages ("kd_mh_demo/train").
     features: the corpus's schema (`kd_mh.records.features`).
+    metadata: the corpus's tfds metadata (`kd_mh.records.embeddings_metadata` for a corpus stored
+      as embeddings, else empty).
     paths: the TFRecord shards, in tfds order.
     shard, offset, length: per record, its shard number and the byte range of its data.
     label, face_label, voice_label: per record, as prepared.
@@ -90,6 +93,7 @@ class Split:
   """
   name: str
   features: tfds.features.FeaturesDict
+  metadata: dict[str, Any]
   paths: tuple[str, ...]
   shard: np.ndarray
   offset: np.ndarray
@@ -159,7 +163,8 @@ def open_split(data_dir: str, name: str, split: str) -> Split:
       fields[k].append(example[k])
     fields["has_face"].append(bool(example["face_mask"].any()))
   return Split(
-      name=f"{name}/{split}", features=feats, paths=tuple(str(p) for p in paths),
+      name=f"{name}/{split}", features=feats, metadata=dict(builder.info.metadata or {}),
+      paths=tuple(str(p) for p in paths),
       shard=np.asarray(shard, np.int64), offset=np.asarray(offset, np.int64),
       length=np.asarray(length, np.int64),
       **{k: np.asarray(v, bool if k == "has_face" else np.int32) for k, v in fields.items()})
@@ -188,22 +193,21 @@ def pair_faces(speech: Split, faces: Split, seed: int, epoch: int) -> np.ndarray
   return partner
 
 
-def _fit_faces(faces: tf.Tensor, mask: tf.Tensor, max_frames: int):
-  """[T, S, S, C] -> [max_frames, ...]: uniform subsampling when longer, zero padding when shorter.
+def _fit_frames(frames: dict[str, tf.Tensor], mask: tf.Tensor, max_frames: int):
+  """Per-frame fields [T, ...] and their mask [T] -> [max_frames, ...]: uniform subsampling when
+  longer, zero padding when shorter.
 
   Frame i of the n = min(T, max_frames) kept is the one at the centre of the i-th of n equal
   stretches of the clip; when T <= max_frames that is frame i itself.
   """
-  t = tf.shape(faces)[0]
+  t = tf.shape(mask)[0]
   n = tf.minimum(t, max_frames)
   keep = tf.cast(tf.math.floor((tf.cast(tf.range(n), tf.float64) + 0.5)
                                * tf.cast(t, tf.float64) / tf.cast(tf.maximum(n, 1), tf.float64)),
                  tf.int32)
-  faces, mask = tf.gather(faces, keep), tf.gather(mask, keep)
   pad = max_frames - n
-  faces = tf.pad(faces, [[0, pad], [0, 0], [0, 0], [0, 0]])
-  mask = tf.pad(mask, [[0, pad]])
-  return faces, mask
+  fit = lambda x: tf.pad(tf.gather(x, keep), [[0, pad]] + [[0, 0]] * (len(x.shape) - 1))
+  return {k: fit(v) for k, v in frames.items()}, fit(mask)
 
 
 def _fit_logmel(logmel: tf.Tensor, mask: tf.Tensor, max_frames: int):
@@ -282,19 +286,23 @@ def _dataset(split: Split, pair: Optional[Split], layout: _Layout, start: Positi
              max_frames: int, max_logmel_frames: int, num_parallel_calls: int,
              classes: Optional[tuple[str, ...]]) -> tf.data.Dataset:
   """The tf.data pipeline of `_elements`: parse, fit to the fixed shapes, batch."""
+  # The face fields come from the face corpus when faces are borrowed, else from the split.
+  face_fields = records.face_fields((pair or split).features)
   fields = _BATCH_FIELDS + (("label_name",) if classes else ())
+  if pair is None:
+    fields += face_fields
   parse = _subset(split.features, fields).deserialize_example
   native_label = _native_labels(classes) if classes else None
-  parse_faces = (_subset(pair.features, _FACE_FIELDS).deserialize_example
+  parse_faces = (_subset(pair.features, face_fields + ("face_mask",)).deserialize_example
                  if pair is not None else None)
 
   def prepare(record, face_record, paired, real, index):
     ex = parse(record)
     if parse_faces is not None:
       borrowed = parse_faces(face_record)
-      ex["faces"] = borrowed["faces"]
+      ex.update({k: borrowed[k] for k in face_fields})
       ex["face_mask"] = tf.logical_and(borrowed["face_mask"], paired)
-    faces, face_mask = _fit_faces(ex["faces"], ex["face_mask"], max_frames)
+    frames, face_mask = _fit_frames({k: ex[k] for k in face_fields}, ex["face_mask"], max_frames)
     logmel, logmel_mask = _fit_logmel(ex["logmel"], ex["logmel_mask"], max_logmel_frames)
     labels = {k: tf.cast(ex[k], tf.int32) for k in ("label", "face_label", "voice_label")}
     if native_label is not None:
@@ -302,7 +310,7 @@ def _dataset(split: Split, pair: Optional[Split], layout: _Layout, start: Positi
                 "face_label": tf.constant(UNLABELLED, tf.int32),
                 "voice_label": tf.constant(UNLABELLED, tf.int32)}
     return {
-        "faces": faces, "face_mask": face_mask, "logmel": logmel, "logmel_mask": logmel_mask,
+        **frames, "face_mask": face_mask, "logmel": logmel, "logmel_mask": logmel_mask,
         **labels, "example_mask": real, "index": tf.cast(index, tf.int32),
     }
 
@@ -331,6 +339,7 @@ class Batches:
       order, the last batch padded (`example_mask` False), nothing dropped.
     position: where to start (training only); `Batches.position` of a stopped run resumes it.
     pair_with: a face corpus split to borrow faces from (pseudo-pairing); None: the split's own.
+      The face fields of the batches are then the face corpus's (its store and face size).
     process_index, process_count: this process's slice of each global batch.
     num_parallel_calls: tf.data parallelism of parsing and padding (-1: autotune).
     classes: label by these class names (matched against label_name, case-insensitively)
@@ -350,10 +359,6 @@ class Batches:
     if train and len(split) < batch_size:
       raise ValueError(f"{split.name} has {len(split)} examples, fewer than one batch of "
                        f"batch_size {batch_size}")
-    if pair_with is not None and (records.face_shape(pair_with.features)
-                                  != records.face_shape(split.features)):
-      raise ValueError(f"{pair_with.name} faces are {records.face_shape(pair_with.features)}, "
-                       f"{split.name} faces are {records.face_shape(split.features)}")
     if not train and position != Position():
       raise ValueError("an evaluation pass always starts at the beginning")
     self.train = train

@@ -244,11 +244,21 @@ def _valid(batch: Mapping[str, jax.Array], mode: str) -> jax.Array:
   return batch["example_mask"] & jnp.any(inputs, axis=1)
 
 
+def teacher_outputs(teacher: nn.Module, teacher_variables: Any,
+                    batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """The frozen teacher's clip {"logits", "embedding"} on a batch: run on its faces, or, for a
+  corpus stored as embeddings, pooled from the frame outputs the corpus holds (no forward pass)."""
+  if "faces" in batch:
+    return teacher.apply(teacher_variables, batch["faces"], batch["face_mask"], train=False)
+  return teacher.apply(teacher_variables, batch["face_logits"], batch["face_embedding"],
+                       batch["face_mask"], method=teacher_lib.Teacher.pool)
+
+
 def _teacher_outputs(spec: StepSpec, teacher_variables: Any,
                      batch: Mapping[str, jax.Array]) -> Optional[dict[str, jax.Array]]:
   if spec.mode != "student":
     return None
-  return spec.teacher.apply(teacher_variables, batch["faces"], batch["face_mask"], train=False)
+  return teacher_outputs(spec.teacher, teacher_variables, batch)
 
 
 def _student_loss(spec: StepSpec, out, teacher_out, batch, labels, valid):
@@ -662,10 +672,7 @@ def load_teacher(config: ml_collections.ConfigDict, inputs: Inputs, rng: jax.Arr
   """
   source = config.teacher.init
   if source not in TEACHER_INITS:
-    trained = load_trained(source)
-    if trained.config.mode != "teacher":
-      raise ValueError(f"config.teacher.init={source!r} is a {trained.config.mode!r} run, not a "
-                       "teacher run")
+    trained = load_teacher_run(source)
     return trained.model, trained.variables, _kwargs(trained.config.teacher.model)
   kwargs = _kwargs(config.teacher.model)
   teacher = teacher_lib.Teacher(**kwargs)
@@ -675,12 +682,24 @@ def load_teacher(config: ml_collections.ConfigDict, inputs: Inputs, rng: jax.Arr
   return teacher, jax.jit(init_teacher, static_argnums=(0, 1))(teacher, inputs, rng), kwargs
 
 
-def model_inputs(config: ml_collections.ConfigDict, split: input_pipeline.Split) -> Inputs:
-  """The input shapes of a run: lengths from the config, face and mel sizes from the corpus."""
+def model_inputs(config: ml_collections.ConfigDict, split: input_pipeline.Split,
+                 face_split: Optional[input_pipeline.Split] = None) -> Inputs:
+  """The input shapes of a run: lengths from the config, face and mel sizes from the corpus (the
+  face size from `face_split`, the corpus faces are borrowed from, when given)."""
+  faces = face_split or split
   return Inputs(max_frames=int(config.data.max_frames),
-                face_shape=tuple(records.face_shape(split.features)),
+                face_shape=records.face_shape(faces.features, faces.metadata),
                 max_logmel_frames=int(config.data.max_logmel_frames),
                 n_mels=int(records.n_mels(split.features)))
+
+
+def _open_run(workdir: epath.Path) -> tuple[ml_collections.ConfigDict, ocp.CheckpointManager]:
+  """The config and (read-only) checkpoints of the run in `workdir`."""
+  config_path = workdir / CONFIG_FILE
+  if not config_path.exists():
+    raise ValueError(f"{workdir} holds no {CONFIG_FILE}: not a kd_mh training workdir")
+  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  return config, _checkpoint_manager(workdir, config, read_only=True)
 
 
 def load_trained(workdir: str, step: Optional[int] = None, latest: bool = False) -> Trained:
@@ -691,16 +710,12 @@ def load_trained(workdir: str, step: Optional[int] = None, latest: bool = False)
   the next best or the one before it; CheckpointError when none (or `step`) is readable.
   """
   workdir = epath.Path(workdir)
-  config_path = workdir / CONFIG_FILE
-  if not config_path.exists():
-    raise ValueError(f"{workdir} holds no {CONFIG_FILE}: not a kd_mh training workdir")
-  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  config, mngr = _open_run(workdir)
   inputs = Inputs(**{k: tuple(v) if isinstance(v, list) else v
                      for k, v in config.inputs.to_dict().items()})
   teacher = (teacher_lib.Teacher(**_kwargs(config.teacher.model))
              if config.mode != "student_supervised" else None)
   spec = step_spec(config, teacher)
-  mngr = _checkpoint_manager(workdir, config, read_only=True)
   if step is None:
     steps = _restore_order(mngr, config, latest)
   elif step in mngr.all_steps():
@@ -727,6 +742,59 @@ def load_trained(workdir: str, step: Optional[int] = None, latest: bool = False)
     variables["batch_stats"] = state.batch_stats
   return Trained(config=config, step=int(step), model=spec.model, variables=variables,
                  teacher=spec.teacher, teacher_variables=restored.get("teacher"))
+
+
+def load_teacher_run(workdir: str, step: Optional[int] = None) -> Trained:
+  """A teacher run (`load_trained`), refusing runs of another mode."""
+  trained = load_trained(workdir, step)
+  if trained.config.mode != "teacher":
+    raise ValueError(f"{workdir} is a {trained.config.mode!r} run, not a teacher run")
+  return trained
+
+
+def teacher_source(init: str) -> tuple[str, int]:
+  """The teacher `config.teacher.init` names, as a corpus stored as embeddings records the one
+  that made it: (init, -1) for "fer2013" / "random", else (the teacher run's absolute workdir,
+  the checkpoint `load_trained` restores from it)."""
+  if init in TEACHER_INITS:
+    return init, -1
+  workdir = epath.Path(init).absolute()
+  _, mngr = _open_run(workdir)
+  step = mngr.best_step()
+  if step is None:
+    raise ValueError(f"{workdir}: no checkpoint")
+  return str(workdir), int(step)
+
+
+def check_face_store(config: ml_collections.ConfigDict, face_split: input_pipeline.Split) -> None:
+  """Refuses a run that cannot use the faces of `face_split` as they are stored.
+
+  A corpus stored as embeddings (`kd-mh prep --store=embeddings`) holds the frame outputs of one
+  teacher and no pixels: the teacher cannot be fine-tuned on it, and a student can only learn
+  from that very teacher, pooled without learned weights (mean or max).
+  """
+  if records.store(face_split.features) != "embeddings":
+    return
+  made_by = (face_split.metadata.get("teacher"), face_split.metadata.get("teacher_step"))
+  if config.mode == "teacher":
+    raise ValueError(f"{face_split.name} holds no face pixels (stored as embeddings of teacher "
+                     f"{made_by[0]}): fine-tuning the teacher needs a corpus prepared with "
+                     "`kd-mh prep --store=pixels`")
+  if config.mode != "student":
+    return
+  init = config.teacher.init
+  teacher_model = (config.teacher.model if init in TEACHER_INITS
+                   else _open_run(epath.Path(init))[0].teacher.model)
+  if teacher_model.get("pooling", "mean") == "attention":
+    raise ValueError(f"config.teacher.model.pooling='attention': {face_split.name} is stored as "
+                     "embeddings, and attention weights would have to be trained on face pixels; "
+                     "use 'mean' or 'max' pooling")
+  wanted = teacher_source(init)
+  if wanted != made_by:
+    raise ValueError(f"config.teacher.init={init!r} is teacher {wanted[0]} (step "
+                     f"{wanted[1]}), but the frame outputs of {face_split.name} were made by "
+                     f"teacher {made_by[0]} (step {made_by[1]}); train with that teacher or "
+                     "prepare the corpus again with this one (`kd-mh prep --teacher_workdir`)")
 
 
 def _validate(config: ml_collections.ConfigDict) -> None:
@@ -845,7 +913,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   init_key, teacher_key, dropout_key = jax.random.split(key, 3)
 
   train_split, eval_split, pair_train, pair_eval = _open_splits(config)
-  inputs = model_inputs(config, train_split)
+  check_face_store(config, pair_train or train_split)
+  inputs = model_inputs(config, train_split, pair_train)
   logging.info("data: %s %s%s; %d devices, %d per process", train_split.name,
                input_pipeline.example_count(train_split),
                f", eval {eval_split.name} {input_pipeline.example_count(eval_split)}"

@@ -10,6 +10,13 @@
 processes the clips in an Apache Beam pipeline instead of the local process pool, with the same
 outputs (data_prep/beam_build.py).
 
+Privacy mode: with --store=embeddings no face pixels are written; each record keeps the teacher's
+per-frame logits and embeddings of the speaker's face (--teacher_workdir, default the pretrained
+FER2013 teacher), which is enough to distil a student and to evaluate it.
+
+  kd-mh prep --corpus=cremad --root=/data/CREMA-D --out=/data/prepared/cremad_private \
+      --store=embeddings --teacher_workdir=runs/teacher
+
 With --corpus=demo and a --root that holds no demo corpus yet, the demo corpus is generated there
 first (data_prep/synthetic.py).
 
@@ -58,6 +65,13 @@ _DETECTOR = flags.DEFINE_enum("detector", "hog", ["hog", "cnn"], "face_recogniti
 _FACE_SIZE = flags.DEFINE_integer("face_size", 64, "side of the aligned face crops")
 _FACE_CHANNELS = flags.DEFINE_enum("face_channels", "1", ["1", "3"], "1 grayscale, 3 RGB")
 _N_MELS = flags.DEFINE_integer("n_mels", 64, "mel bins of the log-mel")
+_STORE = flags.DEFINE_enum("store", "pixels", ["pixels", "embeddings"],
+                           "pixels: the speaker's face crops; embeddings (privacy mode): only the "
+                           "teacher's per-frame logits and embeddings of them, no face pixels")
+_TEACHER = flags.DEFINE_string("teacher_workdir", None,
+                               "with --store=embeddings: the trained teacher run (kd-mh train "
+                               "--workdir) whose frame outputs are stored; default the pretrained "
+                               "FER2013 teacher")
 _REQUIRE_FACE = flags.DEFINE_bool("require_face", True, "skip video clips without any face")
 _REQUIRE_AUDIO = flags.DEFINE_bool("require_audio", True, "skip video clips without audio")
 _TIME_LIMIT = flags.DEFINE_float(
@@ -99,6 +113,7 @@ def _usage(message: str) -> app.UsageError:
 
 
 def prep_config() -> build.PrepConfig:
+  from kd_mh import inference  # pylint: disable=import-outside-toplevel  (JAX: only when run)
   return build.PrepConfig(
       fps=_FPS.value, max_duration_s=_MAX_DURATION.value, speaker_method=_METHOD.value,
       require_face=_REQUIRE_FACE.value, require_audio=_REQUIRE_AUDIO.value,
@@ -106,7 +121,8 @@ def prep_config() -> build.PrepConfig:
       face=dataclasses.replace(faces.FaceConfig(), model=_DETECTOR.value,
                                crop_size=_FACE_SIZE.value,
                                crop_channels=int(_FACE_CHANNELS.value)),
-      logmel=features.LogMelConfig(n_mels=_N_MELS.value))
+      logmel=features.LogMelConfig(n_mels=_N_MELS.value), store=_STORE.value,
+      teacher=(_TEACHER.value or inference.FER2013) if _STORE.value == "embeddings" else "")
 
 
 def reader_options(corpus: str) -> dict:
@@ -138,6 +154,8 @@ def main(argv):
                                progress=_PROGRESS.value)
   if not os.path.isdir(_ROOT.value):
     raise _usage(f"--root {_ROOT.value}: not a directory")
+  if _TEACHER.value and _STORE.value != "embeddings":
+    raise _usage("--teacher_workdir applies to --store=embeddings only")
   config = prep_config()
   try:
     config.validate()

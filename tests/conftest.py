@@ -5,8 +5,13 @@ import os
 # TensorFlow is imported for TFRecord I/O only; keep its start-up chatter out of test logs.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import base64
+import io
 import pathlib
+import re
+import zlib
 
+import numpy as np
 import pytest
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -18,6 +23,50 @@ def shared_path(*parts: str) -> pathlib.Path:
   if not path.exists():
     pytest.skip(f"real test data not found at {path} (only present in the development checkout)")
   return path
+
+
+def face_rows(crops: np.ndarray, mask: np.ndarray) -> list[bytes]:
+  """The middle pixel row of every face crop [T, S, S, C] where `mask`: what `face_pixel_files`
+  looks for. Near-uniform rows are left out, so a match cannot be a coincidence."""
+  rows = [crop[crop.shape[0] // 2, :, 0].tobytes() for crop in np.asarray(crops)[mask]]
+  return [row for row in rows if len(set(row)) > 8]
+
+
+def _payloads(path: pathlib.Path):
+  """The bytes of a file and every decoding of them where a face image could hide: each bytes
+  field of its tf.train.Examples (TFRecord shards, .pb records) raw and zlib-inflated, the pixels
+  of PNGs, of base64 PNGs inlined in HTML."""
+  import PIL.Image  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  data = path.read_bytes()
+  yield data
+  serialized = []
+  if path.suffix == ".pb":
+    serialized = [data]
+  elif ".tfrecord" in path.name:
+    serialized = [r.numpy() for r in tf.data.TFRecordDataset(str(path))]
+  for record in serialized:
+    for feature in tf.train.Example.FromString(record).features.feature.values():
+      for value in feature.bytes_list.value:
+        yield value
+        try:
+          yield zlib.decompress(value)
+        except zlib.error:
+          pass
+  pngs = [data] if path.suffix == ".png" else []
+  if path.suffix == ".html":
+    pngs += [base64.b64decode(b) for b in re.findall(rb"data:image/png;base64,([A-Za-z0-9+/=]+)",
+                                                     data)]
+  for png in pngs:
+    with PIL.Image.open(io.BytesIO(png)) as image:
+      yield np.asarray(image.convert("L")).tobytes()
+
+
+def face_pixel_files(root: pathlib.Path, rows: list[bytes]) -> list[str]:
+  """Files under `root` that hold any of the face `rows` (`face_rows`), in any of `_payloads`."""
+  assert rows, "no face rows to look for"
+  return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
+                and any(row in payload for payload in _payloads(p) for row in rows))
 
 
 @pytest.fixture

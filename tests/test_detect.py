@@ -10,9 +10,13 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import face_pixel_files
+from conftest import face_rows
 from conftest import shared_path
+from data_prep import build
 from data_prep import media
 from data_prep import synthetic
+from data_prep.corpora.base import ClipSpec
 from data_prep.features import LogMelConfig
 from kd_mh import detect
 from kd_mh import divergence
@@ -233,6 +237,18 @@ def test_run_on_a_demo_clip_writes_both_reports(demo_clip, student, models, tmp_
     assert (tmp_path / "out" / f"{key}.png").read_bytes().startswith(b"\x89PNG")
   assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
       [report_lib.REPORT_JSON, report_lib.REPORT_HTML] + [f"{k}.png" for k in report_lib.PLOTS])
+
+  # No face image leaves the detector: the speaker's crops of this clip are in no output file,
+  # in no PNG's pixels and in no image inlined in the page (the plots are the only images).
+  clip = build.process_clip(ClipSpec(clip_id="detect", corpus="detect", path=str(demo_clip)),
+                            detect.prep_config(models, detect.DetectConfig())).example
+  rows = face_rows(clip["faces"], clip["face_mask"])
+  assert face_pixel_files(tmp_path / "out", rows) == []
+  import PIL.Image  # pylint: disable=import-outside-toplevel
+  (tmp_path / "probe").mkdir()  # the search does see a face saved as a picture
+  face = clip["faces"][clip["face_mask"]][0][..., 0]
+  PIL.Image.fromarray(face).save(tmp_path / "probe" / "f.png")
+  assert face_pixel_files(tmp_path / "probe", rows) == ["f.png"]
 
 
 def test_windows_on_the_grid_and_threshold_zero_flags_everything(talking_clip, threshold, models):

@@ -212,13 +212,23 @@ class Teacher(nn.Module):
     Padded frames (mask 0) never change a clip's outputs; a clip without a valid frame gets finite
     outputs (zeros for mean and max pooling) that callers must mask out of their losses.
     """
-    b, t = faces.shape[:2]
     mask = jnp.asarray(mask, bool)
+    frames = self.frames(faces, mask, train)
+    clip = self.pool(frames["frame_logits"], frames["frame_embedding"], mask)
+    return {**clip, "frame_logits": frames["frame_logits"]}
+
+  def frames(self, faces: jax.Array, mask: jax.Array,
+             train: bool = False) -> dict[str, jax.Array]:
+    """The backbone on every frame: {"frame_logits": [B, T, C], "frame_embedding": [B, T, D]}.
+
+    What `pool` makes a clip of; a corpus stored as embeddings keeps these instead of faces.
+    """
+    b, t = faces.shape[:2]
     out = self.backbone(faces.reshape((b * t,) + faces.shape[2:]),
-                        train=train and not self.freeze_bn, mask=mask.reshape(b * t))
-    frame_logits = out["logits"].reshape(b, t, -1)
-    clip = self.pool(frame_logits, out["embedding"].reshape(b, t, -1), mask)
-    return {**clip, "frame_logits": frame_logits}
+                        train=train and not self.freeze_bn,
+                        mask=jnp.asarray(mask, bool).reshape(b * t))
+    return {"frame_logits": out["logits"].reshape(b, t, -1),
+            "frame_embedding": out["embedding"].reshape(b, t, -1)}
 
   def pool(self, frame_logits: jax.Array, frame_embedding: jax.Array,
            mask: jax.Array) -> dict[str, jax.Array]:
