@@ -10,9 +10,15 @@ Layout of an output directory OUT:
                               with store "embeddings" also the teacher (and checkpoint) that made
                               the frame outputs
   OUT/summary.json            counts, reasons and timing of the last run
+  OUT/build.lock              held (flock) by the running build, with its pid
 
 A bad clip never stops the build: its error becomes the manifest line's `reason`. Rerunning the
 same command resumes: clips that already have a manifest line are not processed again.
+
+A build may be killed at any moment (kill -9 of it and its workers): a record is written (fsync,
+rename) before its manifest line, each line is appended with one write, a torn last line is ignored
+on the rerun (with a warning) and that clip redone, and the manifest and shards are rewritten
+whole from the records at the end, so the rerun's output holds each clip exactly once.
 
 Privacy mode (PrepConfig.store "embeddings"): each record keeps the teacher's per-frame logits and
 embeddings of the speaker's face instead of the face crops, which never leave the worker's memory.
@@ -21,11 +27,13 @@ embeddings of the speaker's face instead of the face crops, which never leave th
 from __future__ import annotations
 
 import collections
-import concurrent.futures
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import pathlib
 import re
@@ -46,6 +54,7 @@ from data_prep.corpora.splits import SPLITS
 
 DATASET_VERSION = "1.0.0"
 _TRUNCATION_SLACK_S = 0.5  # decoded video may fall this short of the declared length
+LOCK_FILE = "build.lock"
 _CLIP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*(/[A-Za-z0-9][A-Za-z0-9._\-]*)*$")
 
 
@@ -335,6 +344,16 @@ def _inside(out: pathlib.Path, clip_id: str, folder: str, suffix: str) -> pathli
   return out / folder / (clip_id + suffix)
 
 
+# The longest file name written per clip: OUT/tracks/<clip id>.json as _atomic_write's temporary.
+_LONGEST_SUFFIX = ".json.tmp"
+
+
+def _name_fits(clip_id: str, name_max: int) -> bool:
+  """Whether every file name made from the clip id fits the output file system's limit."""
+  *folders, name = clip_id.encode().split(b"/")
+  return len(name) + len(_LONGEST_SUFFIX) <= name_max and all(len(f) <= name_max for f in folders)
+
+
 def _atomic_write(path: pathlib.Path, data: bytes) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + ".tmp")
@@ -346,17 +365,56 @@ def _atomic_write(path: pathlib.Path, data: bytes) -> None:
 
 
 def read_manifest(path: pathlib.Path) -> dict[str, dict[str, Any]]:
-  """clip_id -> its latest manifest line; a torn last line (a killed run) is ignored."""
+  """clip_id -> its latest manifest line; a torn line (a killed run) is ignored with a warning."""
   done: dict[str, dict[str, Any]] = {}
   if path.exists():
-    for raw in path.read_text(encoding="utf-8").splitlines():
+    # The build writes ASCII (json.dumps' default); replace keeps a damaged byte local to its line.
+    text = path.read_text(encoding="utf-8", errors="replace")
+    for number, raw in enumerate(text.splitlines(), 1):
       try:
         line = json.loads(raw)
       except json.JSONDecodeError:
-        continue
+        line = None
       if isinstance(line, dict) and "clip_id" in line:
         done[line["clip_id"]] = line
+      elif raw.strip():
+        logging.warning("%s: line %d is torn or not a manifest line (a killed build?); ignored, "
+                        "its clip is processed again", path, number)
   return done
+
+
+def _append_line(manifest, line: dict[str, Any]) -> None:
+  """Appends one line to an unbuffered file with one write(): a kill leaves all of it or none."""
+  data = (json.dumps(line, default=_json_default) + "\n").encode()
+  while data:  # a short write happens only on a full disk; a rerun then sees a torn line
+    data = data[manifest.write(data):]
+
+
+@contextlib.contextmanager
+def _exclusive(out: pathlib.Path):
+  """Holds OUT/build.lock for the build: a second build into OUT fails fast, naming the holder.
+
+  flock, not a pid file: the kernel drops the lock when its process dies, so a killed build never
+  blocks the rerun. Worker processes are spawned without the descriptor and never hold it.
+  """
+  path = out / LOCK_FILE
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+      raise BuildError(f"{path} is held by another build (pid {holder}) writing to {out}; wait "
+                       "for it to finish or use another --out") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    # What a killed build was writing when it died (_atomic_write's temporaries).
+    for pattern in ("*.tmp", "clips/**/*.tmp", "tracks/**/*.tmp"):
+      for stale in out.glob(pattern):
+        stale.unlink()
+    yield
+  finally:
+    os.close(fd)  # releases the lock
 
 
 def init_worker() -> None:
@@ -368,58 +426,124 @@ def init_worker() -> None:
   logging.getLogger().setLevel(logging.WARNING)
 
 
-def _crashed(spec: ClipSpec) -> ClipResult:
+_READY = "ready"
+
+
+def _worker_main(conn: multiprocessing.connection.Connection) -> None:
+  """A worker process: clips in, results out, one at a time, until the build closes the pipe."""
+  init_worker()
+  conn.send(_READY)
+  while True:
+    try:
+      task = conn.recv()
+    except EOFError:  # the build finished or died: nothing more to do
+      return
+    conn.send(process_clip(*task))
+
+
+def _skipped(spec: ClipSpec, why: str) -> ClipResult:
   line = _manifest_base(spec)
-  line.update(status="skipped", reason=f"{spec.path}: the worker process crashed on this file")
+  line.update(status="skipped", reason=f"{spec.path or spec.clip_id}: {why}")
   return ClipResult(manifest=line)
 
 
-def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
-  # spawn: never fork a parent that already holds TensorFlow / JAX threads.
-  return concurrent.futures.ProcessPoolExecutor(
-      workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker)
+class _Worker:
+  """A spawned process running one clip at a time, so the clip that hangs or crashes it is known
+  and can be stopped without touching the clips on the other workers."""
+
+  def __init__(self, context: multiprocessing.context.BaseContext):
+    self.conn, child = context.Pipe()
+    # spawn: never fork a parent that already holds TensorFlow / JAX threads.
+    self.process = context.Process(target=_worker_main, args=(child,), daemon=True)
+    self.process.start()
+    child.close()
+    self.ready = False
+    self.spec: Optional[ClipSpec] = None  # the clip it runs
+    self.started = 0.0
+
+  def run(self, spec: ClipSpec, config: PrepConfig) -> None:
+    self.conn.send((spec, config))
+    self.spec, self.started = spec, time.monotonic()
+
+  def receive(self) -> Optional[ClipResult]:
+    """Its result, once one is there; None while it starts or works. Raises EOFError if it died."""
+    if not self.conn.poll():
+      if not self.process.is_alive():
+        raise EOFError
+      return None
+    message = self.conn.recv()
+    if message == _READY:
+      self.ready = True
+      return None
+    self.spec = None
+    return message
+
+  def stop(self) -> None:
+    if self.spec is not None and self.process.is_alive():
+      self.process.kill()  # a hung decoder answers no request
+    self.conn.close()  # an idle worker sees EOF and exits
+    self.process.join(timeout=5)
+    if self.process.is_alive():
+      self.process.kill()
+      self.process.join()
 
 
-def _run_clips(specs: Sequence[ClipSpec], config: PrepConfig, workers: int) -> Iterable[ClipResult]:
-  """Yields results as they finish; a worker that dies (a decoder crash) costs only its own clip.
+def _exit_status(process: multiprocessing.process.BaseProcess) -> str:
+  code = process.exitcode
+  return f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
 
-  At most 2 x workers clips are in flight, so a crash puts only those in doubt: each is rerun
-  alone, the file that crashes again is reported, and the rest go on in a fresh pool.
+
+def _run_clips(specs: Sequence[ClipSpec], config: PrepConfig, workers: int,
+               time_limit_s: Optional[float] = None) -> Iterable[ClipResult]:
+  """Yields results as they finish.
+
+  With one worker and no time limit the clips run in this process. Otherwise each runs in a worker
+  process: a worker that dies (a decoder crash) costs only its own clip, and a clip still running
+  after `time_limit_s` seconds (a hung decoder) is killed with its worker; either clip is reported
+  as skipped and a fresh worker takes the next clip.
   """
-  if workers <= 1:
+  if workers <= 1 and time_limit_s is None:
     for spec in specs:
       yield process_clip(spec, config)
     return
-  queue = list(reversed(specs))
-  while queue:
-    in_doubt: list[ClipSpec] = []
-    pool = _pool(workers)
-    try:
-      running: dict[concurrent.futures.Future, ClipSpec] = {}
-      while (queue or running) and not in_doubt:
-        while queue and len(running) < 2 * workers:
-          spec = queue.pop()
-          running[pool.submit(process_clip, spec, config)] = spec
-        finished, _ = concurrent.futures.wait(running,
-                                              return_when=concurrent.futures.FIRST_COMPLETED)
-        for future in finished:
-          spec = running.pop(future)
-          try:
-            yield future.result()
-          except concurrent.futures.process.BrokenProcessPool:
-            in_doubt.append(spec)
-      in_doubt.extend(running.values())
-    finally:
-      # An error in the caller (a full disk) must not wait for the queued clips to finish.
-      pool.shutdown(wait=False, cancel_futures=True)
-    for spec in in_doubt:
-      isolated = _pool(1)
-      try:
-        yield isolated.submit(process_clip, spec, config).result()
-      except concurrent.futures.process.BrokenProcessPool:
-        yield _crashed(spec)
-      finally:
-        isolated.shutdown(wait=False, cancel_futures=True)
+  context = multiprocessing.get_context("spawn")
+  queue = collections.deque(specs)
+  pool = [_Worker(context) for _ in range(min(max(workers, 1), len(queue)))]
+  try:
+    while queue or any(w.spec is not None for w in pool):
+      for w in pool:
+        if w.ready and w.spec is None and queue:
+          w.run(queue.popleft(), config)
+      waits = [w.started + time_limit_s - time.monotonic()
+               for w in pool if w.spec is not None and time_limit_s is not None]
+      multiprocessing.connection.wait([w.conn for w in pool] + [w.process.sentinel for w in pool],
+                                      timeout=max(0.0, min(waits)) if waits else None)
+      for i, w in enumerate(pool):
+        try:
+          result, gone = w.receive(), False
+        except EOFError:
+          w.process.join(timeout=5)  # its pipe closes a moment before its exit status is known
+          if w.spec is None and not w.ready:
+            raise BuildError(f"a prep worker process failed to start ({_exit_status(w.process)})"
+                             ) from None
+          result, gone = None, True
+          if w.spec is not None:
+            result = _skipped(w.spec, f"the worker process crashed on this file "
+                                      f"({_exit_status(w.process)})")
+        if (result is None and w.spec is not None and time_limit_s is not None
+            and time.monotonic() - w.started >= time_limit_s):
+          result, gone = _skipped(w.spec, f"timed out after {time_limit_s:g} s"), True
+        if gone:  # a fresh worker takes the place of a dead or hung one while clips remain
+          w.stop()
+          pool[i] = _Worker(context) if queue else None
+        if result is not None:
+          yield result
+      pool = [w for w in pool if w is not None]
+  finally:
+    # Also on an error in the caller (a full disk): nothing waits for the clips still running.
+    for w in pool:
+      if w is not None:
+        w.stop()
 
 
 # (clips to process, options) -> their results, in any order; build() stores them.
@@ -428,21 +552,38 @@ ClipRunner = Callable[[Sequence[ClipSpec], PrepConfig], Iterable[ClipResult]]
 
 def build(specs: Sequence[ClipSpec], out_dir: str | os.PathLike, config: PrepConfig = PrepConfig(),
           workers: int = 1, corpus: Optional[str] = None, retry_skipped: bool = False,
-          progress: bool = True, clip_runner: Optional[ClipRunner] = None) -> dict[str, Any]:
-  """Processes every clip not yet in OUT/manifest.jsonl, then writes the shards. Returns the summary.
+          progress: bool = True, time_limit_s: Optional[float] = None,
+          clip_runner: Optional[ClipRunner] = None) -> dict[str, Any]:
+  """Processes every clip not yet in OUT/manifest.jsonl, then writes the shards; returns a summary.
 
   `clip_runner(todo, config)` yields the ClipResults of the clips to process (in any order); by
   default a local process pool of `workers` runs them (data_prep/beam_build.py: a Beam pipeline).
-  """
-  from kd_mh import records  # pylint: disable=import-outside-toplevel  (TensorFlow: parent only)
 
+  `time_limit_s` (the local runner): a clip still running after this many seconds (wall clock) is
+  killed and skipped with the reason "timed out after N s"; with a limit, clips always run in
+  worker processes.
+  Raises BuildError while another build holds OUT (OUT/build.lock).
+  """
   try:
     config.validate()
   except ValueError as e:
     raise BuildError(str(e)) from None
+  if time_limit_s is not None and not time_limit_s > 0:
+    raise BuildError(f"time_limit_s must be > 0 (or None for no limit), got {time_limit_s}")
   config = resolve_teacher(config)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
+  with _exclusive(out):
+    return _build(specs, out, config, workers, corpus, retry_skipped, progress, time_limit_s,
+                  clip_runner)
+
+
+def _build(specs: Sequence[ClipSpec], out: pathlib.Path, config: PrepConfig, workers: int,
+           corpus: Optional[str], retry_skipped: bool, progress: bool,
+           time_limit_s: Optional[float], clip_runner: Optional[ClipRunner]) -> dict[str, Any]:
+  """build() while holding OUT's lock."""
+  from kd_mh import records  # pylint: disable=import-outside-toplevel  (TensorFlow: parent only)
+
   corpus = corpus or (specs[0].corpus if specs else "empty")
   _check_config(out, config)
   counts = collections.Counter(s.clip_id for s in specs)
@@ -453,6 +594,10 @@ def build(specs: Sequence[ClipSpec], out_dir: str | os.PathLike, config: PrepCon
     _inside(out, spec.clip_id, "clips", ".pb")
     if spec.split not in SPLITS:
       raise BuildError(f"clip {spec.clip_id!r}: split {spec.split!r} is not one of {SPLITS}")
+  name_max = os.pathconf(out, "PC_NAME_MAX")
+  specs = [s if s.error or _name_fits(s.clip_id, name_max) else dataclasses.replace(
+      s, error=f"{s.path}: the clip id is too long for a file name under {out} "
+               f"({name_max} bytes at most, with {_LONGEST_SUFFIX!r})") for s in specs]
   feats, metadata = schema(config)
 
   manifest_path = out / "manifest.jsonl"
@@ -467,10 +612,10 @@ def build(specs: Sequence[ClipSpec], out_dir: str | os.PathLike, config: PrepCon
     with open(manifest_path, "ab") as torn:  # end a line torn by a killed run
       torn.write(b"\n")
   started = time.time()
-  with open(manifest_path, "a", encoding="utf-8") as manifest:
+  with open(manifest_path, "ab", buffering=0) as manifest:  # unbuffered: one write() per line
     bar = tqdm.tqdm(total=len(todo), desc=f"prep {corpus}", unit="clip", disable=not progress)
     results = (clip_runner(todo, config) if clip_runner is not None
-               else _run_clips(todo, config, workers))
+               else _run_clips(todo, config, workers, time_limit_s))
     for result in results:
       clip_id = result.manifest["clip_id"]
       if result.example is not None:
@@ -480,8 +625,7 @@ def build(specs: Sequence[ClipSpec], out_dir: str | os.PathLike, config: PrepCon
         if result.tracks is not None:
           _atomic_write(_inside(out, clip_id, "tracks", ".json"),
                         json.dumps(result.tracks).encode())
-      manifest.write(json.dumps(result.manifest, default=_json_default) + "\n")
-      manifest.flush()
+      _append_line(manifest, result.manifest)
       done[clip_id] = result.manifest
       bar.update(1)
       bar.set_postfix(ok=sum(d["status"] == "ok" for d in done.values()))

@@ -66,15 +66,24 @@ def _open(path: PathLike) -> av.container.InputContainer:
   if os.path.getsize(path) == 0:
     raise MediaError(path, "empty file (0 bytes)")
   try:
-    container = av.open(path, mode="r")
+    # Tags are never used; a damaged one must not make the file unreadable (PyAV decodes them).
+    container = av.open(path, mode="r", metadata_errors="replace")
   except av.error.FFmpegError as e:
     raise MediaError(path, f"not a readable media file ({e.strerror})") from e
-  if _video_stream(container) is None and not container.streams.audio:
+  video = _video_stream(container)
+  if video is None and not container.streams.audio:
     found = len(container.streams)
     container.close()
     # A truncated MP4 without its index shows no streams at all.
     reason = "no audio or video stream" if found else "no streams (corrupt or truncated)"
     raise MediaError(path, reason)
+  for kind, streams in (("video", [video] if video else []), ("audio", container.streams.audio)):
+    # PyAV gives no decoder for codec parameters FFmpeg rejects (e.g. a WAV of 0-bit samples), and
+    # such a stream crashes the process on use (even stream.type): refuse the file here.
+    if streams and streams[0].codec_context is None:
+      container.close()
+      raise MediaError(path, f"the {kind} stream cannot be decoded (unknown or corrupt codec "
+                             "parameters)")
   return container
 
 
@@ -275,7 +284,8 @@ def _resample(audio: np.ndarray, source_rate: int, target_rate: int) -> np.ndarr
   frame.sample_rate, frame.pts = source_rate, 0
   resampler = av.AudioResampler(format="flt", layout="mono", rate=target_rate)
   out = resampler.resample(frame) + resampler.resample(None)
-  resampled = np.concatenate([o.to_ndarray().reshape(-1) for o in out])
+  # A few samples (a file cut just after its header) may all stay inside the filter: nothing out.
+  resampled = np.concatenate([np.zeros(0, np.float32)] + [o.to_ndarray().reshape(-1) for o in out])
   # swresample compensates its filter delay, so only the last sample or two can differ in count.
   if len(resampled) >= length:
     return resampled[:length]

@@ -74,6 +74,9 @@ _TEACHER = flags.DEFINE_string("teacher_workdir", None,
                                "FER2013 teacher")
 _REQUIRE_FACE = flags.DEFINE_bool("require_face", True, "skip video clips without any face")
 _REQUIRE_AUDIO = flags.DEFINE_bool("require_audio", True, "skip video clips without audio")
+_TIME_LIMIT = flags.DEFINE_float(
+    "time_limit_s", 600.0, "with --runner=local: a clip still running after this many seconds (a "
+    "hung decoder) is killed and skipped with the reason 'timed out after N s'; 0 for no limit")
 _RETRY = flags.DEFINE_bool("retry_skipped", False, "reprocess clips skipped by an earlier run")
 _PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar")
 _DEMO_CLIPS = flags.DEFINE_integer(
@@ -176,7 +179,7 @@ def main(argv):
   try:
     summary = build.build(specs, _OUT.value, config, workers=_WORKERS.value, corpus=_CORPUS.value,
                           retry_skipped=_RETRY.value, progress=_PROGRESS.value,
-                          clip_runner=clip_runner)
+                          time_limit_s=_TIME_LIMIT.value or None, clip_runner=clip_runner)
   except build.BuildError as e:
     raise _usage(str(e)) from None
   print(build.format_summary(summary))

@@ -125,7 +125,11 @@ def _locate(root: pathlib.Path, text: str, fallback_id: str) -> tuple[str, str |
     return fallback_id, None, f"path {text!r} must be relative to the corpus root, inside it"
   if relative.suffix.lower() not in MEDIA_EXTS:
     return fallback_id, None, f"{text!r} is not a media file (expected {' '.join(MEDIA_EXTS)})"
-  if not (root / relative).is_file():
+  try:
+    found = (root / relative).is_file()
+  except OSError as e:  # a name over the file system's limit: this row's problem, not the CSV's
+    return fallback_id, None, f"path {text[:200]!r}: {e.strerror}"
+  if not found:
     return clip_id_of(relative), None, f"media file not found: {root / relative}"
   return clip_id_of(relative), str(root / relative), ""
 
@@ -135,6 +139,8 @@ def _labels_csv_specs(root: pathlib.Path, policies: dict[str, str]) -> list[Clip
   csv_path = root / LABELS_CSV
   for line, row, error in read_csv_rows(csv_path, ("path", "label")):
     clip_id, path, label = f"{LABELS_CSV}/line{line}", None, emotions.UNLABELLED
+    if error:  # none of an unusable row's fields (bytes that are not text) may reach the split
+      row = {}
     label_name = (row.get("label") or "").strip()
     if not error:
       clip_id, path, error = _locate(root, (row.get("path") or "").strip(), clip_id)
