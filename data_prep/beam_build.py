@@ -137,8 +137,12 @@ def run_clips(specs: Sequence[ClipSpec], config: build.PrepConfig, *, out: str,
         for line in lines:
           yield decode_result(base64.b64decode(line.strip()))
   finally:
-    if FileSystems.exists(staging):
-      FileSystems.delete([staging])
+    # Object stores have no folders (`exists` of a gs:// prefix is False): delete what matches.
+    staged = [m.path for m in FileSystems.match([staging + "/**"])[0].metadata_list]
+    if staged:
+      FileSystems.delete(staged)
+    if os.path.isdir(staging):
+      shutil.rmtree(staging, ignore_errors=True)
 
 
 def clip_runner(options: beam_options.PipelineOptions, out: str | os.PathLike) -> build.ClipRunner:

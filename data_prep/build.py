@@ -654,7 +654,9 @@ def _check_config(out: pathlib.Path, config: PrepConfig) -> None:
   path = out / "prep_config.json"
   current = json.loads(json.dumps(config.to_json()))
   if path.exists():
-    previous = json.loads(path.read_text())
+    # Options added since the directory was built take their defaults (what it was built with).
+    defaults = json.loads(json.dumps(PrepConfig().to_json()))
+    previous = {**defaults, **json.loads(path.read_text())}
     if previous != current:
       changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
       raise BuildError(f"{out} was built with different options ({', '.join(changed)}); "
@@ -673,7 +675,7 @@ def write_shards(out: pathlib.Path, corpus: str, ok_lines: Sequence[dict[str, An
 
   name = dataset_name(corpus)
   final_dir = out / "tfds" / name / DATASET_VERSION
-  # Written next to the old version and swapped in, so a crash never leaves no dataset.
+  # Written next to the old version and swapped in (below).
   data_dir = final_dir.with_name(DATASET_VERSION + ".incomplete")
   shutil.rmtree(data_dir, ignore_errors=True)
   data_dir.mkdir(parents=True)
@@ -708,8 +710,14 @@ def write_shards(out: pathlib.Path, corpus: str, ok_lines: Sequence[dict[str, An
         data_dir=data_dir, features=feats, split_infos=split_infos, filename_template=template,
         check_data=False, metadata=tfds.core.MetadataDict(metadata) if metadata else None,
         description=f"kd_mh prepared corpus '{corpus}': {faces_held} and log-mel per clip.")
-  shutil.rmtree(final_dir, ignore_errors=True)
+  # The old version is renamed aside, then removed: at every moment one whole version is in
+  # place or aside, and a rerun (which rewrites the shards from the manifest) replaces both.
+  old_dir = final_dir.with_name(DATASET_VERSION + ".old")
+  shutil.rmtree(old_dir, ignore_errors=True)
+  if final_dir.exists():
+    os.replace(final_dir, old_dir)
   os.replace(data_dir, final_dir)
+  shutil.rmtree(old_dir, ignore_errors=True)
   return counts
 
 

@@ -53,8 +53,8 @@ Steps:
 
 Files written to the evaluation workdir: threshold.json (the contract with detect; see
 `THRESHOLD_KEYS`), metrics.json (the main comparison's auc, auc_ci, eer, tpr_at_fpr, ... at the top
-level, per pair type, per score, calibration, pair counts), roc.png, divergence_hist.png,
-reliability.png.
+level, then per other comparison (`comparisons`), per score, calibration, pair counts), roc.png,
+divergence_hist.png, reliability.png.
 """
 
 from __future__ import annotations
@@ -541,8 +541,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   metrics = {
       "comparison": comparison_label("main"), "divergence": config.divergence,
       **roc_summary(main, "main"),
-      "pair_types": {c: roc_summary(results[config.divergence][c], c)
-                     for c in COMPARISONS if c != "main"},
+      "comparisons": {c: roc_summary(results[config.divergence][c], c)
+                      for c in COMPARISONS if c != "main"},
       "scores": {s: {**{c: roc_summary(r, c) for c, r in by_comparison.items()},
                      "mean": {t: (float(np.mean(scores[s][pairs.is_type(t)]))
                                   if counts[t] else None) for t in PAIR_TYPES}}

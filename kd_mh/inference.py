@@ -62,6 +62,8 @@ def predict(trained: train.Trained, split: input_pipeline.Split, batch_size: int
     pair_with: a face corpus split to borrow faces from (pseudo-pairing, with the run's seed).
   """
   config = trained.config
+  # A corpus stored as embeddings stands in for the teacher: it must be this run's teacher.
+  train.check_face_store(config, pair_with or split)
   if trained.config.mode == "teacher":
     teacher, teacher_variables = trained.model, trained.variables
   else:

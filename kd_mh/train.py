@@ -618,6 +618,8 @@ def _restore_first_good(mngr: ocp.CheckpointManager, steps: list[int], abstract_
     try:
       return step, _restore_step(mngr, step, abstract_state, abstract_teacher), [
           bad for bad, _ in failures]
+    except MemoryError:
+      raise  # the machine's trouble, not the checkpoint's: never set a good one aside for it
     except Exception as e:  # pylint: disable=broad-except
       # orbax and TensorStore fail on damaged files with many kinds of error (ValueError,
       # KeyError, UnicodeDecodeError, bare Exception); any of them makes the checkpoint unusable.
@@ -759,36 +761,32 @@ def teacher_source(init: str) -> tuple[str, int]:
   if init in TEACHER_INITS:
     return init, -1
   workdir = epath.Path(init).absolute()
-  _, mngr = _open_run(workdir)
-  step = mngr.best_step()
-  if step is None:
+  config, mngr = _open_run(workdir)
+  steps = _restore_order(mngr, config, latest=False)  # load_trained's order: best first
+  mngr.close()
+  if not steps:
     raise ValueError(f"{workdir}: no checkpoint")
-  return str(workdir), int(step)
+  return str(workdir), int(steps[0])
 
 
 def check_face_store(config: ml_collections.ConfigDict, face_split: input_pipeline.Split) -> None:
   """Refuses a run that cannot use the faces of `face_split` as they are stored.
 
   A corpus stored as embeddings (`kd-mh prep --store=embeddings`) holds the frame outputs of one
-  teacher and no pixels: the teacher cannot be fine-tuned on it, and a student can only learn
-  from that very teacher, pooled without learned weights (mean or max).
+  teacher and no pixels: a teacher run cannot be fine-tuned or evaluated on it, and a student can
+  only learn from (or be evaluated with) that very teacher, whose frozen pooling then applies to
+  the stored frame outputs.
   """
   if records.store(face_split.features) != "embeddings":
     return
   made_by = (face_split.metadata.get("teacher"), face_split.metadata.get("teacher_step"))
   if config.mode == "teacher":
     raise ValueError(f"{face_split.name} holds no face pixels (stored as embeddings of teacher "
-                     f"{made_by[0]}): fine-tuning the teacher needs a corpus prepared with "
-                     "`kd-mh prep --store=pixels`")
+                     f"{made_by[0]}): a teacher run (fine-tuned or evaluated) needs a corpus "
+                     "prepared with `kd-mh prep --store=pixels`")
   if config.mode != "student":
     return
   init = config.teacher.init
-  teacher_model = (config.teacher.model if init in TEACHER_INITS
-                   else _open_run(epath.Path(init))[0].teacher.model)
-  if teacher_model.get("pooling", "mean") == "attention":
-    raise ValueError(f"config.teacher.model.pooling='attention': {face_split.name} is stored as "
-                     "embeddings, and attention weights would have to be trained on face pixels; "
-                     "use 'mean' or 'max' pooling")
   wanted = teacher_source(init)
   if wanted != made_by:
     raise ValueError(f"config.teacher.init={init!r} is teacher {wanted[0]} (step "

@@ -169,6 +169,9 @@ def main(argv):
           beam_build.pipeline_options(_RUNNER.value, _BEAM_OPTIONS.value), _OUT.value)
     except ValueError as e:
       raise _usage(str(e)) from None
+    if _TIME_LIMIT.present:
+      raise _usage("--time_limit_s applies to --runner=local; a Beam runner processes each clip "
+                   "in its own worker process without a per-clip time limit")
   elif _BEAM_OPTIONS.value:
     raise _usage("--beam_options needs a Beam --runner (e.g. --runner=DirectRunner)")
   try:

@@ -4,6 +4,9 @@ import os
 
 # TensorFlow is imported for TFRecord I/O only; keep its start-up chatter out of test logs.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# In-process runs get the XLA settings the entry points (`kd-mh ...` in subprocesses) run with, so
+# the two give the same numbers (importing the package sets them; JAX is not imported yet).
+import launch  # pylint: disable=unused-import,wrong-import-position  # noqa: F401
 
 import base64
 import io

@@ -321,3 +321,15 @@ def test_slow_frame_rate_sources_are_not_mistaken_for_truncated_files(tmp_path):
   result = build.process_clip(corpora.base.ClipSpec("slow", "t", str(path)), config)
   assert result.manifest["status"] == "ok", result.manifest["reason"]
   assert result.manifest["n_frames"] == 3
+
+
+def test_a_directory_built_before_newer_options_still_resumes(tmp_path):
+  """prep_config.json without options added later (here the store and its teacher) means their
+  defaults; any other difference still refuses the rerun."""
+  saved = build.PrepConfig().to_json()
+  for key in ("store", "teacher", "teacher_step"):
+    saved.pop(key)
+  (tmp_path / "prep_config.json").write_text(json.dumps(saved))
+  build._check_config(tmp_path, build.PrepConfig())  # pylint: disable=protected-access
+  with pytest.raises(build.BuildError, match=r"different options \(fps\)"):
+    build._check_config(tmp_path, build.PrepConfig(fps=5.0))  # pylint: disable=protected-access

@@ -224,7 +224,7 @@ def test_evaluate_tiny_run(tmp_path, tiny_runs, demo_corpus):
   assert 0 <= metrics["auc"] <= 1 and metrics["auc_ci"][0] <= metrics["auc_ci"][1]
   assert metrics["n_negative"] == counts["congruent"]
   assert metrics["n_positive"] == counts["swapped"] + counts["flat"]
-  assert set(metrics["pair_types"]) == {"swapped", "flat", "natural", "cross_clip"}
+  assert set(metrics["comparisons"]) == {"swapped", "flat", "natural", "cross_clip"}
   assert set(metrics["scores"]) == set(evaluate.SCORES)
   for model in ("teacher", "student"):
     calibration = metrics["calibration"][model]

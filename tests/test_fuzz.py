@@ -53,7 +53,7 @@ def _digests(root: pathlib.Path) -> dict[str, str]:
   out = {}
   for path in sorted(p for p in root.rglob("*") if p.is_file()):
     with open(path, "rb") as f:
-      head = f.read(1 << 20)  # the preallocated cases are 4 GB, all zeros after their head
+      head = f.read(1 << 20)  # the preallocated cases are 64 GiB (sparse), all zeros after their head
     out[str(path.relative_to(root))] = f"{path.stat().st_size}:{hashlib.sha256(head).hexdigest()}"
   return out
 

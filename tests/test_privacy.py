@@ -146,9 +146,6 @@ def test_runs_that_need_pixels_or_another_teacher_are_refused(demo_corpus, tiny_
   finetune = load_config("teacher_finetune", f"runlocal,data_dir={data_dir},init=random")
   with pytest.raises(ValueError, match="holds no face pixels.*--store=pixels"):
     train.train_and_evaluate(finetune, str(tmp_path / "teacher"))
-  with pytest.raises(ValueError, match="pooling='attention'.*'mean' or 'max'"):
-    attention = _student(data_dir, "fer2013", **{"teacher.model.pooling": "attention"})
-    train.train_and_evaluate(attention, str(tmp_path / "attention"))
   with pytest.raises(ValueError, match="were made by teacher .*tiny_runs"):
     train.train_and_evaluate(_student(data_dir, "random"), str(tmp_path / "other"))
   assert not (tmp_path / "teacher" / "checkpoints").exists()
