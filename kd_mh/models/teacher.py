@@ -71,8 +71,8 @@ class DepthwiseConv(nn.Module):
 
   The same function as `nn.Conv(C, ..., feature_group_count=C)`, with the same parameter
   ("kernel" [kh, kw, 1, C]) and initialiser. XLA's CPU backend runs grouped convs as slow generic
-  loops, forward and above all backward; shifted slices fuse into a few elementwise loops and made
-  the teacher's train step ~3x faster (`benchmarks/train_speed.py`).
+  loops, forward and above all backward; shifted slices fuse into a few elementwise loops
+  (`benchmarks/train_speed.py` times the teacher's train step).
   """
   kernel_size: tuple[int, int] = (3, 3)
 
