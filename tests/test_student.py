@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -115,6 +116,22 @@ def test_downsample_mask_known_answers():
   np.testing.assert_array_equal(np.asarray(student_lib.downsample_mask(mask, 3)),
                                 _mask([2, 2, 0, 1], 3))
 
+
+
+@pytest.mark.parametrize("shape,window", [((2, 8, 6, 3), (2, 2)), ((2, 7, 5, 3), (2, 2)),
+                                          ((1, 10, 9, 2), (3, 2))])
+def test_block_max_pool_equals_flax_max_pool(shape, window):
+  """Same values and gradients as nn.max_pool padded at the end (its SAME padding for windows of 2)."""
+  # Distinct values (no ties), some negative: the edge padding must never win.
+  x = jnp.asarray(np.random.default_rng(0).permutation(np.prod(shape)).reshape(shape)
+                  .astype(np.float32) - 10.0)
+  padding = "SAME" if window == (2, 2) else ((0, -shape[1] % window[0]), (0, -shape[2] % window[1]))
+  flax_pool = lambda y: nn.max_pool(y, window, strides=window, padding=padding)
+  np.testing.assert_array_equal(student_lib.block_max_pool(x, window), flax_pool(x))
+  weights = jnp.asarray(np.random.default_rng(1).standard_normal(flax_pool(x).shape), jnp.float32)
+  grads = [jax.grad(lambda y, pool=pool: jnp.sum(weights * pool(y)))(x)
+           for pool in (functools.partial(student_lib.block_max_pool, window=window), flax_pool)]
+  np.testing.assert_array_equal(grads[0], grads[1])
 
 # --- masking, batch independence, invariances ---------------------------------------------------
 
