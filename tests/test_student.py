@@ -133,6 +133,28 @@ def test_block_max_pool_equals_flax_max_pool(shape, window):
            for pool in (functools.partial(student_lib.block_max_pool, window=window), flax_pool)]
   np.testing.assert_array_equal(grads[0], grads[1])
 
+
+def test_masked_group_norm_equals_flax_group_norm():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(3.0 + 2.0 * rng.standard_normal((4, 9, 5, 8)), jnp.float32)
+  frames = jnp.asarray(_mask([9, 4, 1, 6], 9))
+  ours = student_lib.MaskedGroupNorm(num_groups=4)
+  theirs = nn.GroupNorm(num_groups=4)
+  params = theirs.init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x, frames)) == jax.tree.map(
+      jnp.shape, params)
+  params = jax.tree.map(lambda p: p + jnp.asarray(rng.standard_normal(p.shape), jnp.float32),
+                        params)
+  full_mask = jnp.broadcast_to(frames[:, :, None, None], x.shape)
+  np.testing.assert_allclose(ours.apply(params, x, frames),
+                             theirs.apply(params, x, mask=full_mask), atol=2e-5, rtol=1e-5)
+  weights = jnp.asarray(rng.standard_normal(x.shape), jnp.float32) * full_mask
+  grads = [jax.grad(lambda p, y, f=f: jnp.sum(weights * f(p, y)), argnums=(0, 1))(params, x)
+           for f in (lambda p, y: ours.apply(p, y, frames),
+                     lambda p, y: theirs.apply(p, y, mask=full_mask))]
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
 # --- masking, batch independence, invariances ---------------------------------------------------
 
 def test_padding_never_changes_outputs():
