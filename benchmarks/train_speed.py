@@ -77,6 +77,7 @@ MODE_CONFIGS = {"student_supervised": "student_supervised", "student": "student_
                 "teacher": "teacher_finetune"}
 ROW_NAMES = {"student_supervised": "student, CE", "student": "student, KD + teacher fwd",
              "teacher": "teacher, CE"}
+MATMUL_SIZE = 2048  # the dense matmul that gives this CPU's reference arithmetic rate
 XLA_VARIANTS = {"default": "", "ynn_off": "--xla_cpu_experimental_ynn_fusion_type="}
 HOP_S = 0.010  # log-mel hop (kd_mh.records: 10 ms)
 FACE_SHAPE = (64, 64, 1)
@@ -184,6 +185,12 @@ def median_times(fn: Callable[[int], Any], warmup: int, steps: int) -> tuple[flo
   return statistics.median(times[warmup:]), times
 
 
+def matmul_gflop_s(matmul: Callable[[], Any], n: int) -> float:
+  """This CPU's dense float32 matmul rate in one framework: the best of a few [n, n] products."""
+  seconds = min(median_times(lambda i: matmul(), 1, 5)[1][1:])
+  return 2 * n ** 3 / seconds / 1e9
+
+
 def _flat(tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
   return {k: np.asarray(v) for k, v in flax.traverse_util.flatten_dict(tree, sep="/").items()}
 
@@ -231,6 +238,8 @@ def jax_train(shapes: Shapes, seed: int, exchange: pathlib.Path, variant: str) -
     lowered_s = time.perf_counter() - start
     step = lowered.compile()
     compile_s = time.perf_counter() - start
+    cost = step.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     metrics = {}
 
     def run(i, step=step, frozen=frozen):
@@ -241,7 +250,11 @@ def jax_train(shapes: Shapes, seed: int, exchange: pathlib.Path, variant: str) -
     median_s, times = median_times(run, shapes.warmup, shapes.steps)
     results[mode] = {"compile_s": compile_s, "trace_lower_s": lowered_s, "step_s": median_s,
                      "examples_per_s": shapes.batch_size / median_s, "times_s": times,
-                     "last_loss": float(metrics["loss"]), "finite": bool(metrics["finite"])}
+                     "last_loss": float(metrics["loss"]), "finite": bool(metrics["finite"]),
+                     "gflop_per_step": float((cost or {}).get("flops", math.nan)) / 1e9}
+  a = jnp.ones((MATMUL_SIZE, MATMUL_SIZE), jnp.float32)
+  matmul = jax.jit(lambda a: a @ a)
+  results["matmul_gflop_s"] = matmul_gflop_s(lambda: matmul(a).block_until_ready(), MATMUL_SIZE)
   if variant == "default":
     np.savez(exchange / REFERENCE_FILE, **reference)
   return results
@@ -663,6 +676,8 @@ def torch_train(shapes: Shapes, seed: int, exchange: pathlib.Path, threads: int,
   batches = [torch_batch(make_batch(i, shapes, seed)) for i in range(shapes.warmup + shapes.steps)]
   results: dict[str, Any] = {"port_check": {"student_max_abs_logit_diff": student_diff,
                                             "teacher_max_abs_logit_diff": teacher_diff}}
+  a = torch.ones(MATMUL_SIZE, MATMUL_SIZE)
+  results["matmul_gflop_s"] = matmul_gflop_s(lambda: a @ a, MATMUL_SIZE)
   for compiled in (False, True) if compile_too else (False,):
     if compiled:
       # PyTorch's CPU conv library crashes in the backward of a 1x1 stride-2 conv in the
@@ -787,13 +802,16 @@ def report(results: Mapping[str, Any], shapes: Shapes, threads: int) -> dict[str
   for label, error in errors.items():
     print(f"  torch {label} failed: {error}")
   timed = {f"JAX {v} {mode}": jax_runs[v][mode]["times_s"] for v in XLA_VARIANTS for mode in MODES}
-  timed.update({f"torch {k}": v["times_s"] for k, v in torch_run.items() if "times_s" in v})
+  timed.update({f"torch {k}": v["times_s"] for k, v in torch_run.items()
+                if isinstance(v, dict) and "times_s" in v})
   noisy = {k: max(t[shapes.warmup:]) / min(t[shapes.warmup:]) for k, t in timed.items()}
   noisy = {k: spread for k, spread in noisy.items() if spread > NOISY_SPREAD}
   summary["noisy_rows"] = noisy
   if noisy:
     print("  uneven step times (slowest / fastest timed step; other processes competing for the "
           "cores?): " + ", ".join(f"{k} {spread:.1f}x" for k, spread in noisy.items()))
+
+  report_arithmetic(jax_runs, torch_run, summary)
 
   print(f"\nJAX jit compile of the train step, s (lower + compile; goal <= {GOAL_COMPILE_S:.0f}, "
         "met by both flag settings)"
@@ -835,6 +853,42 @@ def report(results: Mapping[str, Any], shapes: Shapes, threads: int) -> dict[str
         f"teacher {check['teacher_max_abs_logit_diff']:.2e}")
   summary["port_check"] = check
   return summary
+
+
+def report_arithmetic(jax_runs: Mapping[str, Any], torch_run: Mapping[str, Any],
+                      summary: dict[str, Any]) -> None:
+  """Prints how fast each step does its arithmetic, against this CPU's dense matmul rate.
+
+  Both frameworks run the same architectures, so XLA's count of a step's floating-point
+  operations is the work of either; work / step time is the rate each achieved. When PyTorch's
+  rate times the speed-up goal exceeds what a dense matmul reaches on these cores, the goal is
+  beyond the machine for that step, whatever the framework does.
+  """
+  matmul = {"JAX": max(run["matmul_gflop_s"] for run in jax_runs.values()),
+            "torch": torch_run.get("matmul_gflop_s")}
+  summary["matmul_gflop_s"] = matmul
+  print(f"\nArithmetic rate, GFLOP/s (work per step from XLA's cost analysis; dense "
+        f"{MATMUL_SIZE}x{MATMUL_SIZE} float32 matmul on the same cores: JAX "
+        f"{matmul['JAX']:.0f}, torch {_fmt(matmul['torch'], '.0f')})")
+  print(f"{'model':<27}{'GFLOP':>8}{'JAX':>8}{'torch':>8}{'needed':>9}{'needed/':>10}")
+  print(f"{'':<27}{'/step':>8}{'best':>8}{'best':>8}{'for goal':>9}{'matmul':>10}")
+  for mode in MODES:
+    row = summary[mode]
+    gflop = jax_runs["ynn_off"][mode]["gflop_per_step"]
+    jax_best = max(row["jax_examples_per_s"].values())
+    torch_best = max((x for x in (row["torch_eager_examples_per_s"],
+                                  row["torch_compile_examples_per_s"]) if x is not None),
+                     default=math.nan)
+    batch = jax_runs["ynn_off"][mode]["examples_per_s"] * jax_runs["ynn_off"][mode]["step_s"]
+    rate = lambda eps: gflop * eps / batch
+    needed = GOAL_SPEEDUP * rate(torch_best)
+    row["arithmetic"] = {"gflop_per_step": gflop, "jax_gflop_s": rate(jax_best),
+                         "torch_gflop_s": rate(torch_best), "needed_gflop_s": needed,
+                         "needed_over_jax_matmul": needed / matmul["JAX"]}
+    print(f"{ROW_NAMES[mode]:<27}{gflop:>8.1f}{rate(jax_best):>8.0f}{rate(torch_best):>8.0f}"
+          f"{needed:>9.0f}{needed / matmul['JAX']:>9.2f}x")
+  print("  (needed for goal: the JAX rate that would be 1.5x the better PyTorch; needed/matmul "
+        "above 1: faster than JAX multiplies dense matrices here)")
 
 
 def main(argv: Sequence[str]) -> None:
