@@ -59,6 +59,7 @@ def get_config(arg=None):
       "conv_features": (16, 32, 64), "time_pool": (2, 2, 2), "mel_pool": (2, 2, 2),
       "norm_groups": 8, "rnn_cell": "gru", "rnn_hidden": 128, "rnn_layers": 1,
       "embed_dim": 128, "attention_hidden": 64, "dropout_rate": 0.3,
+      "norm_per_bin": False,  # True: standardise each mel bin over the utterance (CMVN)
       # SpecAugment in training: two bands of up to 0.4 s and two of up to 8 mel bins zeroed
       "time_masks": 2, "time_mask_width": 40, "mel_masks": 2, "mel_mask_width": 8})
 

@@ -20,12 +20,14 @@ be mounted at the same path on every worker.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import io
 import json
 import os
 import shlex
 import shutil
+import tempfile
 import uuid
 from typing import Any, Iterator, Sequence
 
@@ -39,6 +41,7 @@ from data_prep import build
 from data_prep.corpora.base import ClipSpec
 
 STAGING = "beam_staging"  # OUT/beam_staging: results on their way back from the workers
+LOCAL_TEMP = "beam_tmp"  # OUT/beam_tmp: the runner's own scratch folders while it runs
 _EXAMPLE = "example."  # .npz key prefix of the example's fields
 
 
@@ -119,6 +122,29 @@ def _staging_dir(out: str, options: beam_options.PipelineOptions) -> str:
   return local
 
 
+@contextlib.contextmanager
+def _local_temp(out: str) -> Iterator[None]:
+  """Points the system temp folder at OUT/beam_tmp while a pipeline runs, then removes it.
+
+  Beam's runners leave folders in the system temp folder (a job server's root, the requirements
+  cache, the workers' scratch space): outputs stay under OUT, and none outlive the build.
+  """
+  path = os.path.join(out, LOCAL_TEMP)
+  shutil.rmtree(path, ignore_errors=True)
+  os.makedirs(path)
+  saved = tempfile.tempdir, os.environ.get("TMPDIR")
+  tempfile.tempdir, os.environ["TMPDIR"] = path, path  # this process, and the workers it starts
+  try:
+    yield
+  finally:
+    tempfile.tempdir = saved[0]
+    if saved[1] is None:
+      os.environ.pop("TMPDIR", None)
+    else:
+      os.environ["TMPDIR"] = saved[1]
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def run_clips(specs: Sequence[ClipSpec], config: build.PrepConfig, *, out: str,
               options: beam_options.PipelineOptions) -> Iterator[build.ClipResult]:
   """Processes `specs` in a Beam pipeline; yields their results once it has finished."""
@@ -127,7 +153,7 @@ def run_clips(specs: Sequence[ClipSpec], config: build.PrepConfig, *, out: str,
   staging = _staging_dir(out, options)
   prefix = FileSystems.join(staging, "results")
   try:
-    with beam.Pipeline(options=options) as pipeline:
+    with _local_temp(out), beam.Pipeline(options=options) as pipeline:
       _ = (pipeline
            | "Specs" >> beam.Create(list(specs))  # reshuffled: the clips spread over the workers
            | "Process" >> beam.ParDo(_ProcessClip(config))

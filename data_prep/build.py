@@ -38,6 +38,7 @@ import os
 import pathlib
 import re
 import shutil
+import sys
 import time
 from typing import Any, Callable, Iterable, Optional, Sequence
 
@@ -423,6 +424,13 @@ def init_worker() -> None:
   import threadpoolctl  # pylint: disable=import-outside-toplevel
   threadpoolctl.threadpool_limits(1)
   cv2.setNumThreads(1)  # OpenCV's own pool is not reached by threadpoolctl
+  # A worker that runs the face teacher (--store=embeddings) imports JAX and TensorFlow later:
+  # one thread each too (these are read when they start).
+  if "jax" not in sys.modules:
+    os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} "
+                               "--xla_cpu_multi_thread_eigen=false").strip()
+  os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+  os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
   logging.getLogger().setLevel(logging.WARNING)
 
 

@@ -597,11 +597,22 @@ def _reason(error: BaseException) -> str:
   return f"{type(error).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
 
 
+def _saved_items(step_dir: epath.Path) -> set[str]:
+  """The items orbax recorded saving in a checkpoint (none when its metadata is unreadable)."""
+  try:
+    return set(json.loads((step_dir / "_CHECKPOINT_METADATA").read_text())["item_handlers"])
+  except Exception:  # pylint: disable=broad-except  (a checkpoint damaged there fails its restore)
+    return set()
+
+
 def _restore_step(mngr: ocp.CheckpointManager, step: int, abstract_state: Any,
                   abstract_teacher: Any) -> dict[str, Any]:
   """Checkpoint `step`'s items, checked against its digest (checkpoints from before digests were
-  saved are taken as they are)."""
-  has_digest = (epath.Path(mngr.directory) / str(step) / _DIGEST).exists()
+  saved are taken as they are; one saved with a digest that is now missing is unreadable)."""
+  step_dir = epath.Path(mngr.directory) / str(step)
+  has_digest = (step_dir / _DIGEST).exists()
+  if not has_digest and _DIGEST in _saved_items(step_dir):
+    raise CheckpointError(f"{step_dir}: the digest saved with it is missing")
   restored = dict(mngr.restore(step, args=_restore_args(abstract_state, abstract_teacher,
                                                         has_digest)))
   if has_digest:

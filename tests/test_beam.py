@@ -5,6 +5,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -33,7 +34,12 @@ def _shard_examples(data_dir: str, corpus: str, split: str) -> list[dict]:
                                             split=split, shuffle_files=False))]
 
 
-def test_direct_runner_with_two_workers_gives_the_local_build(demo_corpus, tmp_path):
+def test_direct_runner_with_two_workers_gives_the_local_build(demo_corpus, tmp_path,
+                                                              monkeypatch):
+  system_temp = tmp_path / "system_temp"  # where Beam's runners would leave scratch folders
+  system_temp.mkdir()
+  monkeypatch.setenv("TMPDIR", str(system_temp))
+  monkeypatch.setattr(tempfile, "tempdir", str(system_temp))
   specs = corpora.read_corpus("demo", str(demo_corpus["root"]))
   # Two clips of each split: enough for both workers and every shard, a fraction of the cost.
   subset = [s for split in ("train", "validation", "test")
@@ -70,8 +76,10 @@ def test_direct_runner_with_two_workers_gives_the_local_build(demo_corpus, tmp_p
     for a, b in zip(got, want):
       _assert_same_example(a, b, a["clip_id"])
 
-  # Nothing is left outside the local build's layout (the staging folder is gone).
+  # Nothing is left outside the local build's layout (the staging folder is gone), nor in the
+  # system temp folder.
   assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in local.iterdir())
+  assert not list(system_temp.iterdir())
   # A rerun resumes from the manifest without starting a pipeline.
   again = build.build(subset, out, corpus="demo", progress=False,
                       clip_runner=beam_build.clip_runner(options, out))

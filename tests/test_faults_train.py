@@ -64,6 +64,16 @@ def test_a_garbled_latest_checkpoint_is_passed_over_and_training_goes_on(
                                   reliability.final_params(tiny_runs["student"], 4))
 
 
+def test_a_checkpoint_that_lost_its_digest_is_unreadable(tiny_runs, tmp_path, caplog):
+  workdir = tmp_path / "student"
+  shutil.copytree(tiny_runs["student"], workdir)
+  shutil.rmtree(workdir / "checkpoints" / "4" / "digest")  # unverifiable: not taken as it is
+  caplog.set_level(logging.WARNING)
+  assert train.load_trained(str(workdir), latest=True).step == 2
+  assert "checkpoints/4 is unreadable (CheckpointError: " in caplog.text
+  assert "the digest saved with it is missing" in caplog.text
+
+
 @pytest.mark.parametrize("how", ["garble", "truncate", "delete"])
 def test_every_checkpoint_unreadable_is_an_error_not_a_fresh_start(
     tiny_runs, demo_corpus, tmp_path, how):
