@@ -48,6 +48,10 @@ def get_config(arg=None):
   # freeze_bn: small fine-tuning batches would wreck the pretrained BatchNorm statistics.
   config.teacher.model = ml_collections.ConfigDict({"pooling": "mean", "freeze_bn": True})
 
+  # Training-time face augmentation (one draw per clip): off by default.
+  config.augment = ml_collections.ConfigDict(
+      {"flip": False, "shift_px": 0, "brightness": 0.0, "contrast": 0.0})
+
   config.log_every_steps = 20
   config.eval_every_steps = 200
   config.checkpoint_every_steps = 200

@@ -8,9 +8,18 @@ source through vowel formants whose prosody follows published acoustic profiles)
 jaw follows the voice's articulation envelope frame by frame; an optional bystander, a smaller
 face to the side, has its own head motion, expression and a mouth that ignores the voice.
 
+Identities: the 31 packaged faces (`SPEAKERS` + `BYSTANDERS`), each with identities derived from
+its photo (`with_variants`, "lfw_003~1": reshaped face, changed appearance, `_variant`), and every
+identity with its own voice drawn from continuous ranges (`voice_of`). A clip's bystander is
+another person of its split. Splits hold out whole photographs, so no face, nor any identity
+derived from it, is seen in two splits.
+
 This is demo data and ground truth for tests, not a research dataset: expressions are geometric
-caricatures of the Facial Action Coding System's prototypes, and the voice is a formant
-synthesiser without words.
+caricatures of the Facial Action Coding System's prototypes, exaggerated (`EXPRESSION_GAIN`) so
+that they outweigh the differences between faces at the teacher's crop size, and the voice is a
+formant synthesiser without words whose emotion profiles are pushed further apart than acted
+speech on the cues that do not depend on the speaker's register (`VOICE_PROFILES`). Both are
+made to be learnable from a few hundred clips, which says nothing about real faces or voices.
 
 Output of `make_demo_corpus(OUT)` (MELD's layout, so the MELD reader reads it):
 
@@ -18,8 +27,8 @@ Output of `make_demo_corpus(OUT)` (MELD's layout, so the MELD reader reads it):
   OUT/train_splits/dia{D}_utt{U}.mp4    and dev_splits_complete/, output_repeated_splits_test/
   OUT/ground_truth.jsonl              one JSON object per clip (see `make_clip`)
 
-Splits are speaker-independent: every speaker identity (and every bystander identity) appears in
-one split only.
+Splits are speaker-independent: every photograph (as speaker or bystander, with the identities
+derived from it) appears in one split only.
 """
 
 from __future__ import annotations
@@ -87,14 +96,17 @@ class VoiceProfile:
 # (jitter). Happiness: high F0, wide range, fairly fast, regular. Disgust: low F0, slow, falling
 # terminal contours. Surprise (not in Juslin & Laukka's summary): high F0, wide range and rising
 # contours, as in Murray & Arnott's and later synthesis rule sets. The numbers are settings chosen
-# to follow those directions, not measurements.
+# to follow those directions, not measurements, and they are pushed apart further than acted
+# speech would be on the cues that survive a speaker's own register (F0 range, rate, tilt,
+# pauses, jitter, the final contour): an utterance's mean F0 says little about its emotion once
+# voices span 95-240 Hz (`voice_of`), so the demo's classes are made to differ on the others.
 VOICE_PROFILES: Mapping[str, VoiceProfile] = types.MappingProxyType({
-  "angry": VoiceProfile(1.30, 6.0, 5.6, 6.0, 0.012, 0.07, 3200.0, 0.20, -3.0),
-  "disgust": VoiceProfile(0.88, 3.0, 3.3, -2.0, 0.012, 0.06, 1100.0, 0.45, -5.0),
-  "fear": VoiceProfile(1.42, 2.5, 6.0, -1.0, 0.025, 0.08, 1500.0, 0.25, 2.0),
-  "happy": VoiceProfile(1.25, 7.0, 5.0, 3.0, 0.006, 0.04, 2200.0, 0.25, 1.0),
-  "sad": VoiceProfile(0.85, 1.0, 3.1, -6.0, 0.015, 0.07, 600.0, 0.60, -3.0),
-  "surprise": VoiceProfile(1.35, 8.0, 4.8, 3.0, 0.006, 0.04, 2000.0, 0.30, 6.0),
+  "angry": VoiceProfile(1.30, 5.0, 6.0, 6.0, 0.012, 0.07, 4000.0, 0.15, -4.0),
+  "disgust": VoiceProfile(0.88, 4.5, 3.6, -2.0, 0.012, 0.06, 1300.0, 0.50, -8.0),
+  "fear": VoiceProfile(1.42, 1.5, 6.8, -1.0, 0.040, 0.10, 1600.0, 0.20, 2.0),
+  "happy": VoiceProfile(1.25, 9.0, 5.0, 3.0, 0.005, 0.03, 2400.0, 0.25, 1.0),
+  "sad": VoiceProfile(0.85, 0.6, 2.7, -6.0, 0.020, 0.08, 500.0, 0.70, -2.0),
+  "surprise": VoiceProfile(1.35, 6.0, 4.2, 3.0, 0.005, 0.03, 2000.0, 0.40, 10.0),
   "neutral": VoiceProfile(1.00, 2.0, 4.5, 0.0, 0.005, 0.03, 1200.0, 0.30, -2.0),
 })
 
@@ -104,6 +116,8 @@ class Voice:
   """A speaker's neutral voice."""
   f0_hz: float = 120.0  # neutral speaking F0
   formant_scale: float = 1.0  # vocal-tract length factor; about 1.17 for adult female voices
+  rate_scale: float = 1.0  # the speaker's own tempo: multiplies every profile's speech rate
+  tilt_scale: float = 1.0  # the speaker's own voice quality: multiplies the tilt corner
 
 
 LOW_VOICE = Voice(118.0, 1.0)
@@ -315,6 +329,9 @@ def synthesize_speech(emotion: str, duration_s: float, voice: Voice = LOW_VOICE,
   if duration_s <= 0:
     raise ValueError(f"duration_s must be positive, got {duration_s}")
   profile = VOICE_PROFILES[emotion]
+  # Emotion profiles are relative to the speaker's neutral voice: tempo and tilt scale with it.
+  profile = dataclasses.replace(profile, rate_syl_s=profile.rate_syl_s * voice.rate_scale,
+                                tilt_hz=profile.tilt_hz * voice.tilt_scale)
   rng = np.random.default_rng(seed)
   n = int(round(duration_s * sample_rate))
   syllables = _plan_syllables(profile, duration_s, rng)
@@ -389,15 +406,36 @@ SPEAKERS: tuple[str, ...] = (
 BYSTANDERS: tuple[str, ...] = (
     "lfw_002", "lfw_005", "lfw_011", "lfw_015", "lfw_017", "lfw_022", "lfw_029", "lfw_031",
     "lfw_037", "lfw_039", "lfw_045", "lfw_050", "lfw_061", "lfw_077", "lfw_084", "lfw_094")
-_HIGH_VOICES = frozenset({"grace_hopper", "astronaut", "lfw_046", "lfw_093"})
+# A derived identity: "<photo identity>~<k>" (e.g. "lfw_003~2") is the photo's face with its own
+# face shape and appearance (`_variant`) and its own voice; it counts as the same person as its
+# photo for splitting (`base_identity`).
+VARIANT_SEPARATOR = "~"
+_HIGH_VOICE_SHARE = 0.4  # share of identities with a high (about adult female) register
+
+
+def base_identity(identity: str) -> str:
+  """The photograph an identity comes from: "lfw_003~2" -> "lfw_003"."""
+  return identity.split(VARIANT_SEPARATOR, 1)[0]
+
+
+def _name_rng(purpose: str, identity: str) -> np.random.Generator:
+  # A stable per-name stream (Python's hash() changes between processes).
+  return np.random.default_rng([zlib.crc32(f"{purpose}:{identity}".encode("utf-8")), 0x1D])
 
 
 def voice_of(identity: str) -> Voice:
-  """The identity's neutral voice: a low or high register, shifted by up to +-8% per identity."""
-  base = HIGH_VOICE if identity in _HIGH_VOICES else LOW_VOICE
-  # A stable per-name number (Python's hash() changes between processes).
-  shift = (zlib.crc32(identity.encode("utf-8")) % 1001) / 1000.0 * 0.16 - 0.08
-  return dataclasses.replace(base, f0_hz=base.f0_hz * (1.0 + shift))
+  """The identity's neutral voice, drawn once per name from continuous ranges.
+
+  A low register (F0 95-145 Hz, formant scale 0.94-1.06) or, for about 40% of names, a high one
+  (F0 165-240 Hz, formant scale 1.10-1.22); the speaker's tempo and tilt vary by +-10%
+  around the emotion profiles'. Every derived identity ("lfw_003~2") has its own.
+  """
+  rng = _name_rng("voice", identity)
+  high = rng.random() < _HIGH_VOICE_SHARE
+  f0 = np.exp(rng.uniform(*np.log((165.0, 240.0) if high else (95.0, 145.0))))
+  formant = rng.uniform(*((1.10, 1.22) if high else (0.94, 1.06)))
+  return Voice(float(f0), float(formant), float(rng.uniform(0.9, 1.1)),
+               float(rng.uniform(0.9, 1.1)))
 
 
 def _photo(identity: str) -> np.ndarray:
@@ -427,9 +465,60 @@ def _landmarks_68(parts: Mapping[str, list]) -> np.ndarray:
   return np.asarray(points, np.float64)
 
 
+def _variant(photo: np.ndarray, landmarks: np.ndarray,
+             identity: str) -> tuple[np.ndarray, np.ndarray]:
+  """A derived identity's photo and landmarks: the face reshaped and its appearance changed.
+
+  Shape (in eye distances, in the eyes' frame): face width +-8%, lower-face length +-10%, eye
+  spacing +-0.05, mouth width +-12%, jaw width +-6%, brow height +-0.05; the photo is warped
+  piecewise-affinely so that its landmarks move there (the image border stays). Appearance:
+  gamma 0.8-1.25, contrast +-15%, brightness +-15 levels, a warmer or cooler skin tone.
+  Deterministic for the name.
+  """
+  rng = _name_rng("face", identity)
+  left, right = landmarks[36:42].mean(0), landmarks[42:48].mean(0)
+  d = float(np.linalg.norm(right - left))
+  centre = (left + right) / 2
+  u = (right - left) / d
+  v = np.array([-u[1], u[0]])
+  local = np.c_[(landmarks - centre) @ u, (landmarks - centre) @ v] / d
+  new = local.copy()
+  new[:, 0] *= rng.uniform(0.92, 1.08)
+  lower = local[:, 1] > 0
+  new[lower, 1] *= rng.uniform(0.9, 1.1)
+  spread = rng.uniform(-0.05, 0.05) / 2
+  new[36:42, 0] -= spread
+  new[42:48, 0] += spread
+  mouth = new[48:68].mean(0)
+  new[48:68, 0] = mouth[0] + (new[48:68, 0] - mouth[0]) * rng.uniform(0.88, 1.12)
+  new[2:15, 0] *= rng.uniform(0.94, 1.06)
+  new[17:27, 1] += rng.uniform(-0.05, 0.05)
+  moved = centre + (new[:, :1] * u + new[:, 1:] * v) * d
+  height, width = photo.shape[:2]
+  border = np.array([(x, y) for x in (0, width / 2, width - 1) for y in (0, height / 2, height - 1)
+                     if not (x == width / 2 and y == height / 2)], np.float64)
+  src, dst = np.concatenate([landmarks, border]), np.concatenate([moved, border])
+  triangles = scipy.spatial.Delaunay(src).simplices
+  warped = _piecewise_affine(photo.astype(np.float32), src, dst, triangles)
+  image = 255.0 * (np.clip(warped, 0, 255) / 255.0) ** rng.uniform(0.8, 1.25)
+  image = (image - image.mean()) * rng.uniform(0.85, 1.15) + image.mean() + rng.uniform(-15, 15)
+  image = image * (1.0 + rng.uniform(-1.0, 1.0) * np.array([0.1, 0.02, -0.08]))
+  return np.clip(image + 0.5, 0, 255).astype(np.uint8), moved
+
+
 @functools.lru_cache(maxsize=None)
 def _identity(identity: str) -> tuple[np.ndarray, np.ndarray]:
-  """(photo, [68, 2] landmarks) of an identity; the largest face HOG finds in the photo."""
+  """(photo, [68, 2] landmarks) of an identity; the largest face HOG finds in the photo, or for a
+  derived identity ("lfw_003~2"), its photo's reshaped by `_variant`."""
+  base = base_identity(identity)
+  if base != identity:
+    if not re.fullmatch(r"\d+", identity[len(base) + 1:]):
+      raise ValueError(f"unknown identity {identity!r}: a derived identity is "
+                       f"<identity>{VARIANT_SEPARATOR}<number>")
+    photo, landmarks = _variant(*_identity(base), identity)
+    photo.setflags(write=False)
+    landmarks.setflags(write=False)
+    return photo, landmarks
   photo = _photo(identity)
   boxes = face_recognition.face_locations(photo)
   if not boxes:
@@ -514,6 +603,13 @@ EXPRESSIONS: Mapping[str, Expression] = types.MappingProxyType({
       jaw=0.6),
   "neutral": Expression({}),
 })
+
+
+# The speaker's expression is the template above times this gain (times 0.8-1.2 per clip): at the
+# 64-pixel face crops the teacher sees, an eye distance is about 20 pixels, and the templates'
+# moves of 0.05-0.2 eye distances were smaller than the differences between faces. The fold guard
+# still lowers it wherever it would fold a triangle of a rig.
+EXPRESSION_GAIN = 1.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -860,7 +956,8 @@ def make_clip(path: PathLike, face_emotion: str, voice_emotion: str, speaker: st
   offset = side * 0.17 if bystander else scene_rng.uniform(-0.08, 0.08)
   expression = EXPRESSIONS[face_emotion]
   speaker_actor, intensity = _actor(
-      speaker, expression, scene_rng.uniform(0.8, 1.2), _jaw_track(expression.jaw, speech_mouth),
+      speaker, expression, EXPRESSION_GAIN * scene_rng.uniform(0.8, 1.2),
+      _jaw_track(expression.jaw, speech_mouth),
       38.0 * unit * scene_rng.uniform(0.92, 1.08), ((0.5 + offset) * width, 0.5 * height),
       n_frames, fps, 4.0 * unit, speaker_rng)
   actors = [speaker_actor]
@@ -949,9 +1046,19 @@ def _timestamp(seconds: float) -> str:
 
 def _identity_splits(names: Sequence[str], fractions: Sequence[float],
                      seed: int) -> dict[str, str]:
-  """identity -> train | validation | test, each identity in one split (data_prep's rule)."""
-  specs = [ClipSpec(clip_id=name, corpus="demo", path=None, speaker_id=name) for name in names]
-  return {s.speaker_id: s.split for s in splits.assign_splits(specs, fractions, seed)}
+  """identity -> train | validation | test (data_prep's rule), by photograph: an identity and all
+  those derived from its photo ("lfw_003", "lfw_003~1", ...) share one split."""
+  specs = [ClipSpec(clip_id=name, corpus="demo", path=None, speaker_id=base_identity(name))
+           for name in names]
+  return {s.clip_id: s.split for s in splits.assign_splits(specs, fractions, seed)}
+
+
+def with_variants(identities: Sequence[str], variants: int) -> tuple[str, ...]:
+  """Each identity and `variants - 1` identities derived from its photo ("lfw_003~1", ...)."""
+  if variants < 1:
+    raise ValueError(f"variants must be >= 1, got {variants}")
+  return tuple(name if k == 0 else f"{name}{VARIANT_SEPARATOR}{k}"
+               for name in identities for k in range(variants))
 
 
 def _derangement(labels: Sequence[str], rng: np.random.Generator) -> list[str]:
@@ -976,12 +1083,19 @@ def _derangement(labels: Sequence[str], rng: np.random.Generator) -> list[str]:
 
 def _plan(n_clips: int, seed: int, incongruent_fraction: float, bystander_fraction: float,
           fractions: Sequence[float], speakers: Sequence[str],
-          bystanders: Sequence[str]) -> list[_Planned]:
-  """Which clip shows whom with which emotions, balanced per split; deterministic for a seed."""
+          bystanders: Sequence[str] | None) -> list[_Planned]:
+  """Which clip shows whom with which emotions, balanced per split; deterministic for a seed.
+
+  `bystanders` None: the bystanders are the speakers themselves (another speaker of the clip's
+  split). Splits are by photograph over speakers and bystanders together, so nobody is seen in
+  two splits in either role.
+  """
   rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
   by_name = {s.split: s for s in meld.MELD_SPLITS}
   needed = sum(f > 0 for f in fractions)  # identities needed to give each split its own
-  held_out = len(speakers) >= needed
+  shared = bystanders is None
+  bystanders = list(speakers) if shared else list(bystanders)
+  held_out = len({base_identity(s) for s in speakers}) >= needed
   if held_out:
     speaker_split = _identity_splits(speakers, fractions, seed)
     members = {split: [s for s in speakers if speaker_split[s] == split] for split in by_name}
@@ -996,8 +1110,12 @@ def _plan(n_clips: int, seed: int, incongruent_fraction: float, bystander_fracti
     clip_splits = [splits.SPLITS[int(np.searchsorted(bounds, i, side="right"))]
                    for i in range(n_clips)]
     clip_speakers = [speakers[i % len(speakers)] for i in range(n_clips)]
-  bystander_split = (_identity_splits(bystanders, fractions, seed + 1)
-                     if held_out and len(bystanders) >= needed else {b: None for b in bystanders})
+  if held_out and shared:
+    bystander_split = speaker_split
+  elif held_out and len({base_identity(b) for b in bystanders}) >= needed:
+    bystander_split = _identity_splits(bystanders, fractions, seed + 1)
+  else:
+    bystander_split = {b: None for b in bystanders}
 
   planned = []
   for split in splits.SPLITS:
@@ -1018,7 +1136,7 @@ def _plan(n_clips: int, seed: int, incongruent_fraction: float, bystander_fracti
     for k, i in enumerate(index):
       bystander = None
       if k in with_bystander and pool:
-        candidates = [b for b in pool if b != clip_speakers[i]]
+        candidates = [b for b in pool if base_identity(b) != base_identity(clip_speakers[i])]
         bystander = candidates[k % len(candidates)] if candidates else None
       planned.append(_Planned(by_name[split], dialogue, utterance, clip_speakers[i], bystander,
                               faces[k], voices[k], int(rng.integers(2 ** 31))))
@@ -1032,15 +1150,18 @@ def make_demo_corpus(out_dir: PathLike, n_clips: int = 105, seed: int = 0,
                      incongruent_fraction: float = 0.35, bystander_fraction: float = 0.35,
                      duration_s: float = 3.0, width: int = 320, height: int = 240,
                      fps: float = 25.0, fractions: Sequence[float] = (0.7, 0.15, 0.15),
-                     speakers: Sequence[str] = SPEAKERS, bystanders: Sequence[str] = BYSTANDERS,
+                     speakers: Sequence[str] = SPEAKERS + BYSTANDERS,
+                     bystanders: Sequence[str] | None = None, variants: int = 3,
                      progress: bool = True) -> list[dict[str, Any]]:
   """Writes the demo corpus in MELD's layout under `out_dir` and returns its ground truth.
 
   Face emotions are balanced within each split; `incongruent_fraction` of each split's clips get
   a different voice emotion (the voices stay as balanced as the faces) and `bystander_fraction` a
-  bystander.
-  Speakers, and bystanders, are split train / dev / test by identity (`fractions`) when there are
-  enough of them; otherwise the clips are split. Each ground-truth record is `make_clip`'s, with
+  bystander. Each of `speakers` comes with `variants - 1` identities derived from its photo
+  (`with_variants`: own face shape, appearance and voice). `bystanders` None: a clip's bystander
+  is another speaker of its split (of another photo); else a list of identities that never speak.
+  Speakers, and bystanders, are split train / dev / test by photograph (`fractions`) when there
+  are enough of them; otherwise the clips are split. Each ground-truth record is `make_clip`'s, with
   `clip_id` "<csv split>/dia{D}_utt{U}" (as the MELD reader names it), `split` (train |
   validation | test) and `path` relative to `out_dir`. Deterministic for a seed.
   """
@@ -1056,10 +1177,13 @@ def make_demo_corpus(out_dir: PathLike, n_clips: int = 105, seed: int = 0,
                      f"summing to 1, got {tuple(fractions)}")
   if not speakers:
     raise ValueError("at least one speaker identity is needed")
-  overlap = sorted(set(speakers) & set(bystanders))
-  if overlap:
-    raise ValueError(f"identities both speaker and bystander: {', '.join(overlap)}")
-  for identity in list(speakers) + list(bystanders):
+  speakers = with_variants(speakers, variants)
+  if bystanders is not None:
+    overlap = sorted({base_identity(b) for b in bystanders}
+                     & {base_identity(s) for s in speakers})
+    if overlap:
+      raise ValueError(f"identities both speaker and bystander: {', '.join(overlap)}")
+  for identity in list(speakers) + list(bystanders or ()):
     _identity(identity)  # fails fast, naming a bad identity
   planned = _plan(n_clips, seed, incongruent_fraction, bystander_fraction, fractions, speakers,
                   bystanders)

@@ -181,6 +181,43 @@ class DistillationSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class FaceAugmentSpec:
+  """Training-time face augmentation of the teacher (one draw per clip, all its frames alike)."""
+  flip: bool  # mirror left-right with probability 1/2
+  shift_px: int  # translate by up to this many pixels each way (edges repeated)
+  brightness: float  # add up to +-this fraction of the full 0-255 range
+  contrast: float  # scale the deviation from the clip's mean level by 1 +- up to this
+
+  @property
+  def active(self) -> bool:
+    return bool(self.flip or self.shift_px or self.brightness or self.contrast)
+
+
+def augment_faces(faces: jax.Array, rng: jax.Array, spec: FaceAugmentSpec) -> jax.Array:
+  """faces [B, T, S, S, C] (uint8 or 0..255 float) -> augmented float32 faces in 0..255."""
+  b, _, height, width, _ = faces.shape
+  x = jnp.asarray(faces, jnp.float32)
+  k_flip, k_shift, k_bright, k_contrast = jax.random.split(rng, 4)
+  if spec.flip:
+    flip = jax.random.bernoulli(k_flip, 0.5, (b,))
+    x = jnp.where(flip[:, None, None, None, None], x[:, :, :, ::-1], x)
+  if spec.shift_px:
+    s = int(spec.shift_px)
+    padded = jnp.pad(x, ((0, 0), (0, 0), (s, s), (s, s), (0, 0)), mode="edge")
+    offsets = jax.random.randint(k_shift, (b, 2), 0, 2 * s + 1)
+    x = jax.vmap(lambda clip, o: jax.lax.dynamic_slice(
+        clip, (0, o[0], o[1], 0), (clip.shape[0], height, width, clip.shape[3])))(padded, offsets)
+  if spec.contrast or spec.brightness:
+    mean = jnp.mean(x, axis=(1, 2, 3, 4), keepdims=True)
+    scale = 1.0 + jax.random.uniform(k_contrast, (b, 1, 1, 1, 1), minval=-spec.contrast,
+                                     maxval=spec.contrast)
+    shift = 255.0 * jax.random.uniform(k_bright, (b, 1, 1, 1, 1), minval=-spec.brightness,
+                                       maxval=spec.brightness)
+    x = (x - mean) * scale + mean + shift
+  return jnp.clip(x, 0.0, 255.0)
+
+
+@dataclasses.dataclass(frozen=True)
 class StepSpec:
   """Everything static about a step: the models, the optimiser and the loss settings."""
   mode: str
@@ -191,6 +228,7 @@ class StepSpec:
   # A student with a corpus's own classes (config.data.classes): the FER2013 class of each, onto
   # which its probabilities are summed wherever it meets the teacher. None: the seven.
   class_map: Optional[tuple[int, ...]] = None
+  face_augment: Optional[FaceAugmentSpec] = None  # mode "teacher": training-time augmentation
 
 
 @flax.struct.dataclass
@@ -289,8 +327,11 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], teacher_variab
 
   def loss_fn(params):
     if spec.mode == "teacher":
+      faces = batch["faces"]
+      if spec.face_augment is not None and spec.face_augment.active:
+        faces = augment_faces(faces, jax.random.fold_in(dropout_rng, 1), spec.face_augment)
       out, updates = spec.model.apply(
-          {"params": params, "batch_stats": state.batch_stats}, batch["faces"],
+          {"params": params, "batch_stats": state.batch_stats}, faces,
           batch["face_mask"], train=True, mutable=["batch_stats"])
       ce = losses.cross_entropy(out["logits"], labels, valid)
       return ce, (out, {"ce": ce, "loss": ce}, updates["batch_stats"])
@@ -475,10 +516,15 @@ def step_spec(config: ml_collections.ConfigDict, teacher: Optional[nn.Module]) -
         temperature=float(loss.temperature), kd_weight=float(loss.kd_weight),
         align_weight=float(loss.align_weight), ce_weight=float(loss.ce_weight),
         alignment=loss.alignment, nce_temperature=float(loss.nce_temperature))
+  face_augment = None
+  if config.mode == "teacher" and config.get("augment") is not None:
+    a = config.augment
+    face_augment = FaceAugmentSpec(flip=bool(a.flip), shift_px=int(a.shift_px),
+                                   brightness=float(a.brightness), contrast=float(a.contrast))
   return StepSpec(mode=config.mode, model=model,
                   teacher=teacher if config.mode == "student" else None,
                   optimizer=_optimizer_spec(config), distillation=distillation,
-                  class_map=class_map)
+                  class_map=class_map, face_augment=face_augment)
 
 
 def teacher_embedding_dim(teacher: nn.Module) -> int:
@@ -825,6 +871,12 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   if config.mode == "teacher" and label_classes(config) is not None:
     raise ValueError(f"config.data.classes={config.data.classes!r}: the teacher learns the seven "
                      "FER2013 emotions; other class sets are for the speech student")
+  if config.mode == "teacher" and config.get("augment") is not None:
+    for field in ("shift_px", "brightness", "contrast"):
+      if not config.augment[field] >= 0:
+        raise ValueError(f"config.augment.{field} must be >= 0, got {config.augment[field]}")
+    if not config.augment.brightness <= 1 or not config.augment.contrast < 1:
+      raise ValueError("config.augment.brightness must be <= 1 and config.augment.contrast < 1")
   if config.mode == "teacher" and _pair_faces(config):
     raise ValueError("config.data.pair_faces pairs speech with borrowed faces; the teacher "
                      "trains on a corpus's own faces")

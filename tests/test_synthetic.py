@@ -104,19 +104,66 @@ def test_ground_truth_file_matches_the_returned_records(corpus):
 
 def test_identities_are_held_out_between_splits(corpus):
   _, records = corpus
-  speakers = collections.defaultdict(set)
-  bystanders = collections.defaultdict(set)
+  # Photographs, in either role: an identity derived from a photo counts as that photo's person.
+  people = collections.defaultdict(set)
   for record in records:
-    speakers[record["split"]].add(record["speaker_identity"])
+    people[record["split"]].add(synthetic.base_identity(record["speaker_identity"]))
     if record["bystander_identity"]:
-      bystanders[record["split"]].add(record["bystander_identity"])
-      assert record["bystander_identity"] != record["speaker_identity"]
-  assert set(speakers) == set(SPLITS)
+      people[record["split"]].add(synthetic.base_identity(record["bystander_identity"]))
+      assert (synthetic.base_identity(record["bystander_identity"])
+              != synthetic.base_identity(record["speaker_identity"]))
+  assert set(people) == set(SPLITS)
   for a in SPLITS:
     for b in SPLITS:
       if a < b:
-        assert not speakers[a] & speakers[b], (a, b)
-        assert not bystanders[a] & bystanders[b], (a, b)
+        assert not people[a] & people[b], (a, b)
+
+
+def test_the_default_plan_holds_out_photos_with_their_variants():
+  speakers = synthetic.with_variants(synthetic.SPEAKERS + synthetic.BYSTANDERS, 3)
+  assert len(set(speakers)) == 3 * 31
+  planned = synthetic._plan(210, 0, 0.35, 0.35, (0.7, 0.15, 0.15), speakers, None)
+  photos = collections.defaultdict(set)
+  for p in planned:
+    photos[p.split.split].add(synthetic.base_identity(p.speaker))
+    if p.bystander:
+      photos[p.split.split].add(synthetic.base_identity(p.bystander))
+  assert all(len(photos[s]) >= 4 for s in SPLITS), {s: len(v) for s, v in photos.items()}
+  assert not photos["train"] & photos["validation"]
+  assert not photos["train"] & photos["test"]
+  assert not photos["validation"] & photos["test"]
+  counts = collections.Counter(p.split.split for p in planned)
+  assert counts["validation"] >= 25 and counts["test"] >= 25, counts
+
+
+def test_derived_identities_are_deterministic_and_differ_from_their_photo():
+  photo, landmarks = synthetic._identity("lfw_003")
+  first, moved = synthetic._identity("lfw_003~1")
+  synthetic._identity.cache_clear()
+  again, moved_again = synthetic._identity("lfw_003~1")
+  assert np.array_equal(first, again) and np.array_equal(moved, moved_again)
+  assert first.shape == photo.shape
+  assert 0.5 < np.abs(moved - landmarks).max() < 0.3 * np.ptp(landmarks[:, 0])
+  assert np.abs(first.astype(float) - photo).mean() > 2
+  assert synthetic.voice_of("lfw_003~1") == synthetic.voice_of("lfw_003~1")
+  assert synthetic.voice_of("lfw_003~1") != synthetic.voice_of("lfw_003")
+  # Its face is still found, where its landmarks are.
+  box = face_recognition.face_locations(first)
+  assert box and _iou(max(box, key=lambda b: b[2] - b[0]),
+                      [moved[:, 1].min(), moved[:, 0].max(), moved[:, 1].max(),
+                       moved[:, 0].min()]) > 0.3
+  with pytest.raises(ValueError, match="derived identity"):
+    synthetic._identity("lfw_003~x")
+
+
+def test_voices_cover_continuous_registers():
+  voices = [synthetic.voice_of(name)
+            for name in synthetic.with_variants(synthetic.SPEAKERS + synthetic.BYSTANDERS, 3)]
+  f0 = np.array([v.f0_hz for v in voices])
+  assert 95 <= f0.min() and f0.max() <= 240
+  assert len(np.unique(np.round(f0))) > 60
+  assert 0.2 < np.mean(f0 > 160) < 0.6
+  assert all(0.9 <= v.rate_scale <= 1.1 and 0.9 <= v.tilt_scale <= 1.1 for v in voices)
 
 
 def test_plan_balances_emotions_and_keeps_the_fractions():

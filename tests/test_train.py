@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -277,3 +278,21 @@ def test_the_supervised_baseline_trains_from_labels_alone(demo, tmp_path):
   result = train.train_and_evaluate(supervised, str(tmp_path / "supervised"))
   assert set(result["train"]) >= {"loss", "ce", "accuracy"} and "kd" not in result["train"]
   assert set(result["eval"]) == {"accuracy", "uar", "ce"}
+
+
+def test_face_augmentation_flips_shifts_and_rescales_whole_clips():
+  rng = np.random.default_rng(0)
+  faces = jnp.asarray(rng.integers(0, 256, size=(16, 3, 8, 8, 1)), jnp.uint8)
+  flip_only = train.FaceAugmentSpec(flip=True, shift_px=0, brightness=0.0, contrast=0.0)
+  out = train.augment_faces(faces, jax.random.key(1), flip_only)
+  x = np.asarray(faces, np.float32)
+  flipped = [bool(np.array_equal(o, c[:, :, ::-1])) for o, c in zip(np.asarray(out), x)]
+  kept = [bool(np.array_equal(o, c)) for o, c in zip(np.asarray(out), x)]
+  assert all(f or k for f, k in zip(flipped, kept)) and any(flipped) and any(kept)
+  full = train.FaceAugmentSpec(flip=True, shift_px=2, brightness=0.1, contrast=0.2)
+  a = train.augment_faces(faces, jax.random.key(2), full)
+  assert a.shape == faces.shape and a.dtype == jnp.float32
+  assert float(a.min()) >= 0 and float(a.max()) <= 255
+  assert np.array_equal(a, train.augment_faces(faces, jax.random.key(2), full))
+  assert not np.array_equal(a, train.augment_faces(faces, jax.random.key(3), full))
+  assert not train.FaceAugmentSpec(False, 0, 0.0, 0.0).active
