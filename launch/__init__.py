@@ -2,9 +2,10 @@
 
 Importing this package (which every entry point does before JAX is imported) switches off XLA
 CPU's YNNPACK fusion unless XLA_FLAGS already says otherwise. `benchmarks/train_speed.py`
-measures both settings: on 2 idle cores it made the supervised student step 1.74x, the
-distillation step (student + teacher forward) 1.15x and the teacher step 2.30x faster, and
-single-utterance inference 1.45x faster. It is an XLA CPU flag; other backends ignore it.
+measures both settings: in two runs on 2 idle cores it made the supervised student step
+1.34-1.41x, the distillation step (student + teacher forward) 1.40-1.64x and the teacher step
+1.88-1.93x faster; one-core inference was within 16% either way. It is an XLA CPU flag; other
+backends ignore it.
 """
 
 import os
