@@ -84,8 +84,8 @@ def block_max_pool(x: jax.Array, window: Sequence[int]) -> jax.Array:
 
   A partial last window is padded at the end with the dtype's lowest value, so it covers the same
   frames as `downsample_mask` (for windows of 2 this is `nn.max_pool`'s SAME padding). The
-  gradient of a reshape and a max is several times faster on CPU than XLA's select-and-scatter,
-  the gradient of `nn.max_pool`; where the max is tied it is shared among the tied inputs.
+  gradient of a reshape and a max runs far faster on CPU than XLA's select-and-scatter, the
+  gradient of `nn.max_pool`; where the max is tied it is shared among the tied inputs.
   """
   b, t, m, c = x.shape
   wt, wm = window
@@ -112,8 +112,7 @@ class MaskedGroupNorm(nn.Module):
   The same function and parameters ("scale", "bias" [C]) as `nn.GroupNorm(num_groups)` given the
   mask broadcast to x's shape, statistics in float32 by E[x^2] - E[x]^2 as flax computes them.
   The sums over valid frames are contractions with the frame mask, which XLA's CPU backend runs
-  faster, forward and backward, than flax's masked means (the conv blocks' train step took about
-  12% less time). Returns float32.
+  faster, forward and backward, than flax's masked means. Returns float32.
   """
   num_groups: int
   epsilon: float = 1e-6
