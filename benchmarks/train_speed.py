@@ -811,7 +811,7 @@ def report(results: Mapping[str, Any], shapes: Shapes, threads: int) -> dict[str
     print("  uneven step times (slowest / fastest timed step; other processes competing for the "
           "cores?): " + ", ".join(f"{k} {spread:.1f}x" for k, spread in noisy.items()))
 
-  report_arithmetic(jax_runs, torch_run, summary)
+  report_arithmetic(jax_runs, torch_run, summary, shapes.batch_size)
 
   print(f"\nJAX jit compile of the train step, s (lower + compile; goal <= {GOAL_COMPILE_S:.0f}, "
         "met by both flag settings)"
@@ -856,7 +856,7 @@ def report(results: Mapping[str, Any], shapes: Shapes, threads: int) -> dict[str
 
 
 def report_arithmetic(jax_runs: Mapping[str, Any], torch_run: Mapping[str, Any],
-                      summary: dict[str, Any]) -> None:
+                      summary: dict[str, Any], batch_size: int) -> None:
   """Prints how fast each step does its arithmetic, against this CPU's dense matmul rate.
 
   Both frameworks run the same architectures, so XLA's count of a step's floating-point
@@ -879,8 +879,7 @@ def report_arithmetic(jax_runs: Mapping[str, Any], torch_run: Mapping[str, Any],
     torch_best = max((x for x in (row["torch_eager_examples_per_s"],
                                   row["torch_compile_examples_per_s"]) if x is not None),
                      default=math.nan)
-    batch = jax_runs["ynn_off"][mode]["examples_per_s"] * jax_runs["ynn_off"][mode]["step_s"]
-    rate = lambda eps: gflop * eps / batch
+    rate = lambda examples_per_s: gflop * examples_per_s / batch_size  # GFLOP/s
     needed = GOAL_SPEEDUP * rate(torch_best)
     row["arithmetic"] = {"gflop_per_step": gflop, "jax_gflop_s": rate(jax_best),
                          "torch_gflop_s": rate(torch_best), "needed_gflop_s": needed,
