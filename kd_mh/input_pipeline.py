@@ -170,6 +170,19 @@ def open_split(data_dir: str, name: str, split: str) -> Split:
       **{k: np.asarray(v, bool if k == "has_face" else np.int32) for k, v in fields.items()})
 
 
+def read_field(split: Split, name: str) -> np.ndarray:
+  """One field of every example of `split`, in split order (the order of `Batches` with
+  train=False and of `kd_mh.inference.predict`); text fields come back as str."""
+  if name not in split.features:
+    raise ValueError(f"{split.name} has no field {name!r}")
+  parse = _subset(split.features, (name,)).deserialize_example
+  ds = tf.data.TFRecordDataset(list(split.paths)).map(parse)
+  values = [example[name] for example in ds.as_numpy_iterator()]
+  if values and isinstance(values[0], bytes):
+    return np.asarray([v.decode("utf-8") for v in values], dtype=object)
+  return np.asarray(values)
+
+
 def pair_candidates(faces: Split) -> list[np.ndarray]:
   """Per class, the face-corpus records that can lend faces: labelled with it, with a face."""
   face_target = target_labels(faces.label, faces.face_label)

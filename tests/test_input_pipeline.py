@@ -91,6 +91,17 @@ def test_open_split_indexes_every_record_of_every_shard(train_split):
   assert ip.example_count(train_split) == {"examples": 13, "labelled": 13, "with_face": 13}
 
 
+def test_read_field_follows_split_order(train_split):
+  clip_ids = ip.read_field(train_split, "clip_id")
+  assert sorted(clip_ids) == [f"train/c{i:02d}" for i in range(13)]
+  # The same order as the split's index (and so as evaluation batches and `inference.predict`).
+  np.testing.assert_array_equal([int(c[-2:]) % 7 for c in clip_ids], train_split.label)
+  np.testing.assert_array_equal(ip.read_field(train_split, "label"), train_split.label)
+  assert set(ip.read_field(train_split, "speaker_id")) == {"s"}
+  with pytest.raises(ValueError, match="has no field 'age'"):
+    ip.read_field(train_split, "age")
+
+
 def test_open_split_errors_name_what_is_missing(toy):
   with pytest.raises(ValueError, match="no prepared corpus 'kd_mh_nope'"):
     ip.open_split(toy, "kd_mh_nope", "train")

@@ -47,6 +47,27 @@ def test_folding_a_confusion_matrix_merges_calm_into_neutral():
   assert folded[neutral, neutral] == 3 and folded[happy, neutral] == 2 and folded.sum() == 5
 
 
+def test_speaker_standardised_scores_remove_each_speakers_lean():
+  # Two speakers, four utterances each of classes 0..3; speaker "a" leans to class 0 and speaker
+  # "b" to class 3 by more than the utterances' own evidence, so raw argmax gets half wrong.
+  labels = np.tile(np.arange(4), 2)
+  speakers = np.repeat(["a", "b"], 4)
+  logits = np.eye(4)[labels] * 1.0
+  logits[speakers == "a", 0] += 3.0
+  logits[speakers == "b", 3] += 3.0
+  assert np.mean(logits.argmax(axis=1) == labels) == 0.25
+  standardised = ravdess_benchmark.speaker_standardised(logits, speakers)
+  np.testing.assert_array_equal(standardised.argmax(axis=1), labels)
+  for speaker in "ab":
+    mine = standardised[speakers == speaker]
+    np.testing.assert_allclose(mine.mean(axis=0), 0, atol=1e-12)
+    np.testing.assert_allclose(mine.std(axis=0), 1, atol=1e-9)
+  # A speaker heard once has nothing to be standardised against: log-probabilities unchanged.
+  alone = ravdess_benchmark.speaker_standardised(logits[:1], speakers[:1])
+  np.testing.assert_allclose(np.exp(alone).sum(), 1.0)
+  assert alone.argmax() == 0
+
+
 def test_misuse_exits_2_with_the_reason(tmp_path):
   result = _run(f"--root={shared_path('ravdess')}", f"--out={tmp_path}", "--test_actors=30",
                 "--runs=supervised")
@@ -67,6 +88,7 @@ def test_the_benchmark_trains_and_scores_held_out_actors(tmp_path):
     scores = results["runs"][run]
     assert scores["step"] == 3 and scores["test_examples"] == 60
     assert np.sum(scores["confusion"]) == 60 and 0 <= scores["uar"] <= 1
+    assert scores["test_speakers"] == 1 and 0 <= scores["uar_speaker_standardised"] <= 1
     assert len(scores["classes"]) == (7 if run == "kd_only" else 8)
   for run in ("kd_labels", "kd_only"):  # every train utterance whose label has a face clip
     assert 0 <= results["runs"][run]["train_agreement"] <= 1
