@@ -992,96 +992,101 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       lambda k: create_state(spec, init_variables(spec, inputs, k), k), init_key), repl)
   abstract_teacher = (_abstract(teacher_variables, repl) if config.mode == "student" else None)
   mngr = _checkpoint_manager(workdir, config)
-  position = input_pipeline.Position()
-  if mngr.latest_step() is not None:
-    _, restored, unreadable = _restore_first_good(
-        mngr, sorted(mngr.all_steps(), reverse=True), abstract_state, abstract_teacher)
-    if unreadable:
-      _set_aside(workdir, mngr, unreadable)
-    state, position = restored["state"], input_pipeline.Position.from_dict(restored["data"])
-    if abstract_teacher is not None:
-      teacher_variables = restored["teacher"]
-    logging.info("resumed from %s at step %d (data epoch %d, batch %d)", mngr.directory,
-                 int(state.step), position.epoch, position.batch)
-  else:
-    if config.mode == "teacher":
-      variables = teacher_variables  # fine-tuning starts from the pretrained (or given) teacher
+  try:
+    position = input_pipeline.Position()
+    if mngr.latest_step() is not None:
+      _, restored, unreadable = _restore_first_good(
+          mngr, sorted(mngr.all_steps(), reverse=True), abstract_state, abstract_teacher)
+      if unreadable:
+        _set_aside(workdir, mngr, unreadable)
+      state, position = restored["state"], input_pipeline.Position.from_dict(restored["data"])
+      if abstract_teacher is not None:
+        teacher_variables = restored["teacher"]
+      logging.info("resumed from %s at step %d (data epoch %d, batch %d)", mngr.directory,
+                   int(state.step), position.epoch, position.batch)
     else:
-      variables = jax.jit(init_variables, static_argnums=(0, 1))(spec, inputs, init_key)
-    state = jax.jit(create_state, static_argnums=0, out_shardings=repl)(spec, variables,
-                                                                         dropout_key)
-  if config.mode == "student":
-    teacher_variables = parallel.replicate(teacher_variables, mesh)
-  else:
-    teacher_variables = {}
-  n_params = sum(np.size(p) for p in jax.tree.leaves(abstract_state.params))
-  logging.info("mode %s: %s with %d parameters", config.mode, type(spec.model).__name__, n_params)
+      if config.mode == "teacher":
+        variables = teacher_variables  # fine-tuning starts from the pretrained (or given) teacher
+      else:
+        variables = jax.jit(init_variables, static_argnums=(0, 1))(spec, inputs, init_key)
+      state = jax.jit(create_state, static_argnums=0, out_shardings=repl)(spec, variables,
+                                                                           dropout_key)
+    if config.mode == "student":
+      teacher_variables = parallel.replicate(teacher_variables, mesh)
+    else:
+      teacher_variables = {}
+    n_params = sum(np.size(p) for p in jax.tree.leaves(abstract_state.params))
+    logging.info("mode %s: %s with %d parameters", config.mode, type(spec.model).__name__, n_params)
 
-  if jax.process_index() == 0:
-    saved = ml_collections.ConfigDict(config.to_dict())
-    if config.mode != "student_supervised":
-      saved.teacher.model = teacher_kwargs  # what the teacher really is (e.g. from a workdir)
-    saved.inputs = dataclasses.asdict(inputs)
-    # Whole or not at all, so that a run killed here leaves the previous config.json readable.
-    partial = workdir / f"{CONFIG_FILE}.tmp"
-    partial.write_text(saved.to_json(indent=2))
-    partial.replace(workdir / CONFIG_FILE)
+    if jax.process_index() == 0:
+      saved = ml_collections.ConfigDict(config.to_dict())
+      if config.mode != "student_supervised":
+        saved.teacher.model = teacher_kwargs  # what the teacher really is (e.g. from a workdir)
+      saved.inputs = dataclasses.asdict(inputs)
+      # Whole or not at all, so that a run killed here leaves the previous config.json readable.
+      partial = workdir / f"{CONFIG_FILE}.tmp"
+      partial.write_text(saved.to_json(indent=2))
+      partial.replace(workdir / CONFIG_FILE)
 
-  p_train_step, p_eval_step = jit_steps(spec, mesh)
+    p_train_step, p_eval_step = jit_steps(spec, mesh)
 
-  writer = (metric_writers.SummaryWriter(str(workdir)) if jax.process_index() == 0
-            else metric_writers.MultiWriter([]))
-  schedule = spec.optimizer.schedule()
-  batches = input_pipeline.Batches(
-      train_split, batch_size=config.batch_size, max_frames=config.data.max_frames,
-      max_logmel_frames=config.data.max_logmel_frames, seed=config.seed, train=True,
-      position=position, pair_with=pair_train, process_index=jax.process_index(),
-      process_count=jax.process_count(), num_parallel_calls=config.data.num_parallel_calls,
-      classes=label_classes(config))
+    writer = (metric_writers.SummaryWriter(str(workdir)) if jax.process_index() == 0
+              else metric_writers.MultiWriter([]))
+    schedule = spec.optimizer.schedule()
+    batches = input_pipeline.Batches(
+        train_split, batch_size=config.batch_size, max_frames=config.data.max_frames,
+        max_logmel_frames=config.data.max_logmel_frames, seed=config.seed, train=True,
+        position=position, pair_with=pair_train, process_index=jax.process_index(),
+        process_count=jax.process_count(), num_parallel_calls=config.data.num_parallel_calls,
+        classes=label_classes(config))
 
-  start = int(state.step)
-  end = config.num_train_steps
-  if config.stop_after_steps:
-    end = min(end, config.stop_after_steps)
-  result: dict[str, Any] = {"step": start, "train": {}, "eval": {}}
-  window, window_start, window_time = [], start, time.time()
-  for step in range(start + 1, end + 1):
-    state, metrics = p_train_step(state, parallel.global_batch(next(batches), mesh),
-                                  teacher_variables)
-    window.append(metrics)
-    is_last = step == end
-    do_save = step % config.checkpoint_every_steps == 0 or is_last
-    # Every checkpoint carries its validation metrics, so the best one can be kept.
-    do_eval = eval_split is not None and (step % config.eval_every_steps == 0 or do_save)
-    if step % config.log_every_steps == 0 or do_eval or do_save:
-      window = jax.device_get(window)
-      _check_finite(window, window_start, mngr)
-      elapsed = time.time() - window_time
-      train_metrics = summarize_train(window)
-      train_metrics.update(learning_rate=float(schedule(step - 1)),
-                           steps_per_second=len(window) / max(elapsed, 1e-9))
-      writer.write_scalars(step, {f"train/{k}": v for k, v in train_metrics.items()})
-      eta = (end - step) / train_metrics["steps_per_second"]
-      logging.info("step %d/%d: %s (%.2f steps/s, %.0f s left)", step, end,
-                   ", ".join(f"{k} {v:.4f}" for k, v in train_metrics.items()
-                             if k not in ("steps_per_second",)),
-                   train_metrics["steps_per_second"], eta)
-      result.update(step=step, train=train_metrics)
-      window, window_start = [], step
-    eval_metrics = None
-    if do_eval:
-      eval_metrics = evaluate(p_eval_step, state, teacher_variables, eval_split, config, mesh,
-                              pair_eval)
-      writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-      logging.info("eval at step %d: %s", step,
-                   ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
-      result["eval"] = eval_metrics
-    if do_save:
-      items = {"state": state, "data": batches.position.to_dict()}
-      if config.mode == "student":
-        items["teacher"] = teacher_variables
-      mngr.save(step, args=_save_args(items), metrics=eval_metrics)
-    window_time = time.time() if not window else window_time
-  mngr.wait_until_finished()
-  writer.flush()
-  return result
+    start = int(state.step)
+    end = config.num_train_steps
+    if config.stop_after_steps:
+      end = min(end, config.stop_after_steps)
+    result: dict[str, Any] = {"step": start, "train": {}, "eval": {}}
+    window, window_start, window_time = [], start, time.time()
+    for step in range(start + 1, end + 1):
+      state, metrics = p_train_step(state, parallel.global_batch(next(batches), mesh),
+                                    teacher_variables)
+      window.append(metrics)
+      is_last = step == end
+      do_save = step % config.checkpoint_every_steps == 0 or is_last
+      # Every checkpoint carries its validation metrics, so the best one can be kept.
+      do_eval = eval_split is not None and (step % config.eval_every_steps == 0 or do_save)
+      if step % config.log_every_steps == 0 or do_eval or do_save:
+        window = jax.device_get(window)
+        _check_finite(window, window_start, mngr)
+        elapsed = time.time() - window_time
+        train_metrics = summarize_train(window)
+        train_metrics.update(learning_rate=float(schedule(step - 1)),
+                             steps_per_second=len(window) / max(elapsed, 1e-9))
+        writer.write_scalars(step, {f"train/{k}": v for k, v in train_metrics.items()})
+        eta = (end - step) / train_metrics["steps_per_second"]
+        logging.info("step %d/%d: %s (%.2f steps/s, %.0f s left)", step, end,
+                     ", ".join(f"{k} {v:.4f}" for k, v in train_metrics.items()
+                               if k not in ("steps_per_second",)),
+                     train_metrics["steps_per_second"], eta)
+        result.update(step=step, train=train_metrics)
+        window, window_start = [], step
+      eval_metrics = None
+      if do_eval:
+        eval_metrics = evaluate(p_eval_step, state, teacher_variables, eval_split, config, mesh,
+                                pair_eval)
+        writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+        logging.info("eval at step %d: %s", step,
+                     ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
+        result["eval"] = eval_metrics
+      if do_save:
+        items = {"state": state, "data": batches.position.to_dict()}
+        if config.mode == "student":
+          items["teacher"] = teacher_variables
+        mngr.save(step, args=_save_args(items), metrics=eval_metrics)
+      window_time = time.time() if not window else window_time
+    mngr.wait_until_finished()
+    writer.flush()
+    return result
+  finally:
+    # Also on an error (an unreadable checkpoint, the NaN guard): stops orbax's background
+    # threads, which otherwise outlive the run in a long-lived process.
+    mngr.close()
