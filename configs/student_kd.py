@@ -60,6 +60,9 @@ def get_config(arg=None):
       "norm_groups": 8, "rnn_cell": "gru", "rnn_hidden": 128, "rnn_layers": 1,
       "embed_dim": 128, "attention_hidden": 64, "dropout_rate": 0.3,
       "norm_per_bin": False,  # True: standardise each mel bin over the utterance (CMVN)
+      # In training, rescale the mel axis by up to +-mel_warp and the time axis by up to
+      # +-time_stretch per utterance (0: off)
+      "mel_warp": 0.0, "time_stretch": 0.0,
       # SpecAugment in training: two bands of up to 0.4 s and two of up to 8 mel bins zeroed
       "time_masks": 2, "time_mask_width": 40, "mel_masks": 2, "mel_mask_width": 8})
 

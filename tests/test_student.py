@@ -296,3 +296,53 @@ def test_spec_augment_acts_in_training_only():
   np.testing.assert_allclose(TINY.clone(dropout_rate=0.0).apply(params, x, mask, train=True,
                                                                 rngs=rngs)["logits"], plain,
                              atol=1e-5)
+
+
+def test_warp_mel_moves_a_spectral_peak_by_the_drawn_factor():
+  x = np.zeros((32, 5, M), np.float32)
+  x[:, :, 8] = 1.0  # a peak in bin 8 of every frame
+  out = np.asarray(student_lib.warp_mel(jax.random.key(0), jnp.asarray(x), 0.2))
+  peaks = out[:, 0].argmax(axis=1)
+  # Output bin m reads input bin m * factor, factor in [0.8, 1.2]: the peak lands in 7..10.
+  assert ((peaks >= 6) & (peaks <= 10)).all() and len(set(peaks.tolist())) > 1
+  np.testing.assert_array_equal(out[:, 1:], np.repeat(out[:, :1], 4, axis=1))  # all frames alike
+  np.testing.assert_allclose(student_lib.warp_mel(jax.random.key(0), jnp.asarray(x), 0.0), x)
+  # Interpolation never leaves the input's range.
+  assert out.min() >= 0 and out.max() <= 1
+
+
+def test_stretch_time_rescales_the_valid_frames():
+  f = 100
+  lengths = np.full(64, 60)
+  x = np.broadcast_to(np.arange(f, dtype=np.float32)[None, :, None], (64, f, M)).copy()
+  mask = _mask(lengths, f)
+  x[~mask] = 0
+  out, new_mask = student_lib.stretch_time(jax.random.key(0), jnp.asarray(x), jnp.asarray(mask),
+                                           0.25)
+  out, new_mask = np.asarray(out), np.asarray(new_mask)
+  new_lengths = new_mask.sum(axis=1)
+  assert (new_lengths >= 60 / 1.25 - 1).all() and (new_lengths <= 60 / 0.75 + 1).all()
+  assert len(set(new_lengths.tolist())) > 1  # rates are drawn per example
+  for row, row_mask, n in zip(out, new_mask, new_lengths):
+    np.testing.assert_array_equal(row_mask, np.arange(f) < n)  # still a prefix mask
+    assert (row[~row_mask] == 0).all()
+    ramp = row[row_mask, 0]
+    rate = ramp[1] - ramp[0]  # frame t reads input frame t * rate: a ramp of slope rate
+    np.testing.assert_allclose(ramp, np.arange(n) * rate, atol=1e-4)
+    assert ramp[-1] <= 59 + 1e-4  # nothing is read from the padding
+    assert 0.75 - 1e-6 <= rate <= 1.25 + 1e-6
+
+
+def test_warp_and_stretch_act_in_training_only():
+  params = _tiny_params()
+  x = _logmel(np.random.default_rng(0), 2, 40)
+  mask = _mask([40, 25], 40)
+  rngs = {"dropout": jax.random.key(3)}
+  masked = TINY.clone(time_masks=2, time_mask_width=8, mel_masks=2, mel_mask_width=4)
+  plain_train = masked.apply(params, x, mask, train=True, rngs=rngs)["logits"]
+  for kwargs in ({"mel_warp": 0.1}, {"time_stretch": 0.1}):
+    model = masked.clone(**kwargs)
+    np.testing.assert_allclose(model.apply(params, x, mask)["logits"],
+                               APPLY(params, x, mask)["logits"], atol=1e-5)
+    assert not np.allclose(model.apply(params, x, mask, train=True, rngs=rngs)["logits"],
+                           plain_train)

@@ -79,6 +79,45 @@ def spec_augment(rng: jax.Array, x: jax.Array, mask: jax.Array, time_masks: int,
   return jnp.where(keep, x, 0.0)
 
 
+def _interpolate(x: jax.Array, positions: jax.Array, axis: int) -> jax.Array:
+  """x [B, F, M] read at fractional `positions` along axis 1 ([B, F]) or 2 ([B, M]), linearly."""
+  size = x.shape[axis]
+  positions = jnp.clip(positions, 0, size - 1)
+  low = jnp.floor(positions).astype(jnp.int32)
+  high = jnp.minimum(low + 1, size - 1)
+  weight = positions - low
+  expand = (lambda v: v[:, :, None]) if axis == 1 else (lambda v: v[:, None, :])
+  take = lambda idx: jnp.take_along_axis(x, jnp.broadcast_to(expand(idx), x.shape), axis=axis)
+  return take(low) * (1 - expand(weight)) + take(high) * expand(weight)
+
+
+def warp_mel(rng: jax.Array, x: jax.Array, max_warp: float) -> jax.Array:
+  """Rescales the mel axis of [B, F, M] by a factor drawn per example from 1 +- max_warp.
+
+  Output bin m reads input bin m * factor (linear interpolation; past the top bin, the top bin),
+  moving the spectrum's formants and harmonics up or down together: a cheap stand-in for other
+  speakers' vocal tracts and registers (vocal tract length perturbation, Jaitly & Hinton 2013).
+  """
+  b, _, m = x.shape
+  factor = 1 + jax.random.uniform(rng, (b,), minval=-max_warp, maxval=max_warp)
+  return _interpolate(x, jnp.arange(m)[None, :] * factor[:, None], axis=2)
+
+
+def stretch_time(rng: jax.Array, x: jax.Array, mask: jax.Array,
+                 max_stretch: float) -> tuple[jax.Array, jax.Array]:
+  """Plays [B, F, M] with prefix mask [B, F] faster or slower by a rate drawn per example from
+  1 +- max_stretch (linear interpolation between frames); returns the frames and their new mask.
+
+  Output frame t reads input frame t * rate, so a rate above 1 shortens the utterance (padding
+  follows) and one below 1 lengthens it, cut at F frames.
+  """
+  b, f, _ = x.shape
+  rate = 1 + jax.random.uniform(rng, (b,), minval=-max_stretch, maxval=max_stretch)
+  positions = jnp.arange(f)[None, :] * rate[:, None]
+  new_mask = positions <= (jnp.sum(mask, axis=1, keepdims=True) - 1)
+  return jnp.where(new_mask[:, :, None], _interpolate(x, positions, axis=1), 0.0), new_mask
+
+
 def block_max_pool(x: jax.Array, window: Sequence[int]) -> jax.Array:
   """Max over non-overlapping (time, mel) windows of [B, T, M, C] (window = stride).
 
@@ -186,6 +225,9 @@ class Student(nn.Module):
     attention_hidden: width of the attention-pooling scorer.
     dropout_rate: dropout before the recurrent layers and before the head.
     norm_per_bin: per-mel-bin utterance normalisation (see `normalize_logmel`).
+    mel_warp: in training, rescale each utterance's mel axis by up to +-this (`warp_mel`); 0: off.
+    time_stretch: in training, play each utterance up to +-this faster or slower
+      (`stretch_time`); 0: off.
     time_masks, time_mask_width, mel_masks, mel_mask_width: SpecAugment bands applied in
       training (`spec_augment`, drawn from the "dropout" rng); 0 masks: none.
     dtype: computation dtype (e.g. jnp.bfloat16 on TPU); parameters and outputs stay float32.
@@ -203,6 +245,8 @@ class Student(nn.Module):
   attention_hidden: int = 64
   dropout_rate: float = 0.3
   norm_per_bin: bool = False
+  mel_warp: float = 0.0
+  time_stretch: float = 0.0
   time_masks: int = 0
   time_mask_width: int = 0
   mel_masks: int = 0
@@ -247,8 +291,17 @@ class Student(nn.Module):
     self._check()
     mask = jnp.asarray(mask, bool)
     x = normalize_logmel(logmel, mask, per_bin=self.norm_per_bin)
-    if train and (self.time_masks or self.mel_masks):
-      x = spec_augment(self.make_rng("dropout"), x, mask, self.time_masks, self.time_mask_width,
+    masking = train and bool(self.time_masks or self.mel_masks)
+    # The masks' key is drawn first, so runs without warp or stretch draw what they always did.
+    mask_rng = self.make_rng("dropout") if masking else None
+    if train and (self.mel_warp or self.time_stretch):
+      warp_rng, stretch_rng = jax.random.split(self.make_rng("dropout"))
+      if self.mel_warp:
+        x = warp_mel(warp_rng, x, self.mel_warp)
+      if self.time_stretch:
+        x, mask = stretch_time(stretch_rng, x, mask, self.time_stretch)
+    if masking:
+      x = spec_augment(mask_rng, x, mask, self.time_masks, self.time_mask_width,
                        self.mel_masks, self.mel_mask_width)
     x = x[..., None].astype(self.dtype)
     for i, (features, t_pool, m_pool) in enumerate(
