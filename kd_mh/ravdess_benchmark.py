@@ -34,6 +34,7 @@ from typing import Any, Optional, Sequence
 
 import ml_collections
 import numpy as np
+from scipy import special
 
 from data_prep import build
 from data_prep import corpora
@@ -128,9 +129,7 @@ def speaker_standardised(logits: np.ndarray, speakers: np.ndarray) -> np.ndarray
   gets that lean removed; the classes are then compared by how far an utterance stands out from
   that speaker's usual. Speakers with a single utterance keep their log-probabilities.
   """
-  logits = np.asarray(logits, np.float64)
-  log_probs = logits - logits.max(axis=1, keepdims=True)
-  log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
+  log_probs = special.log_softmax(np.asarray(logits, np.float64), axis=1)
   out = log_probs.copy()
   for speaker in np.unique(speakers):
     rows = speakers == speaker

@@ -304,7 +304,7 @@ def test_warp_mel_moves_a_spectral_peak_by_the_drawn_factor():
   out = np.asarray(student_lib.warp_mel(jax.random.key(0), jnp.asarray(x), 0.2))
   peaks = out[:, 0].argmax(axis=1)
   # Output bin m reads input bin m * factor, factor in [0.8, 1.2]: the peak lands in 7..10.
-  assert ((peaks >= 6) & (peaks <= 10)).all() and len(set(peaks.tolist())) > 1
+  assert ((peaks >= 7) & (peaks <= 10)).all() and len(set(peaks.tolist())) > 1
   np.testing.assert_array_equal(out[:, 1:], np.repeat(out[:, :1], 4, axis=1))  # all frames alike
   np.testing.assert_allclose(student_lib.warp_mel(jax.random.key(0), jnp.asarray(x), 0.0), x)
   # Interpolation never leaves the input's range.
