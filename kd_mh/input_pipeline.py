@@ -172,7 +172,8 @@ def open_split(data_dir: str, name: str, split: str) -> Split:
 
 def read_field(split: Split, name: str) -> np.ndarray:
   """One field of every example of `split`, in split order (the order of `Batches` with
-  train=False and of `kd_mh.inference.predict`); text fields come back as str."""
+  train=False and of `kd_mh.inference.predict`); text fields come back as str, and a field whose
+  shape varies between examples (logmel) as an object array of arrays."""
   if name not in split.features:
     raise ValueError(f"{split.name} has no field {name!r}")
   parse = _subset(split.features, (name,)).deserialize_example
@@ -180,6 +181,11 @@ def read_field(split: Split, name: str) -> np.ndarray:
   values = [example[name] for example in ds.as_numpy_iterator()]
   if values and isinstance(values[0], bytes):
     return np.asarray([v.decode("utf-8") for v in values], dtype=object)
+  if len({np.shape(v) for v in values}) > 1:
+    ragged = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+      ragged[i] = v
+    return ragged
   return np.asarray(values)
 
 

@@ -13,6 +13,9 @@ transductive: it reads every test utterance of an actor (not their labels) befor
 as speaker-level normalisation does in the speech emotion literature, and a detector could do with
 one person's recording.
 
+Every run stands next to a reference on the same split (`reference_score`): per-utterance MFCC
+statistics and a linear classifier, the classic baseline of speech emotion recognition.
+
 Runs:
   supervised  labels only (cross-entropy), RAVDESS's own eight classes
   kd_labels   distillation from the frozen FER2013 face teacher + embedding alignment + labels,
@@ -34,7 +37,11 @@ from typing import Any, Optional, Sequence
 
 import ml_collections
 import numpy as np
+from scipy import fft
 from scipy import special
+from sklearn import linear_model
+from sklearn import pipeline
+from sklearn import preprocessing
 
 from data_prep import build
 from data_prep import corpora
@@ -45,6 +52,9 @@ from kd_mh import input_pipeline
 from kd_mh import train
 
 RUNS = ("supervised", "kd_labels", "kd_only")
+# The reference every run is set against: MFCC statistics and a linear classifier.
+REFERENCE = "mfcc_linear"
+NUM_MFCC = 20  # librosa.feature.mfcc's default
 
 
 def set_field(config: ml_collections.ConfigDict, assignment: str) -> None:
@@ -127,7 +137,8 @@ def speaker_standardised(logits: np.ndarray, speakers: np.ndarray) -> np.ndarray
 
   A speaker whose voice pushes every utterance towards one class (a low voice towards sad, say)
   gets that lean removed; the classes are then compared by how far an utterance stands out from
-  that speaker's usual. Speakers with a single utterance keep their log-probabilities.
+  that speaker's usual. Speakers with a single utterance keep their log-probabilities, and a
+  class scored impossible (-inf) stays so.
   """
   log_probs = special.log_softmax(np.asarray(logits, np.float64), axis=1)
   out = log_probs.copy()
@@ -136,7 +147,9 @@ def speaker_standardised(logits: np.ndarray, speakers: np.ndarray) -> np.ndarray
     if rows.sum() < 2:
       continue
     mine = log_probs[rows]
-    out[rows] = (mine - mine.mean(axis=0)) / np.maximum(mine.std(axis=0), 1e-6)
+    with np.errstate(invalid="ignore"):
+      standardised = (mine - mine.mean(axis=0)) / np.maximum(mine.std(axis=0), 1e-6)
+    out[rows] = np.where(np.isfinite(mine), standardised, mine)
   return out
 
 
@@ -144,6 +157,29 @@ def _confusion(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> n
   confusion = np.zeros((num_classes, num_classes), np.int64)
   np.add.at(confusion, (labels, predicted), 1)
   return confusion
+
+
+def class_metrics(labels: np.ndarray, scores: np.ndarray, speakers: np.ndarray,
+                  classes: Sequence[str]) -> dict[str, Any]:
+  """Accuracy, UAR (8-class, folded to 7, and with scores standardised per speaker), per-class
+  recall and the confusion matrix of class scores [N, K] (logits or log-probabilities)."""
+  confusion = _confusion(labels, scores.argmax(axis=1), len(classes))
+  per_speaker = _confusion(labels, speaker_standardised(scores, speakers).argmax(axis=1),
+                           len(classes))
+  folded = fold_confusion(confusion, emotions.fold_onto_fer(classes))
+  support = confusion.sum(axis=1)
+  # None for a class the test actors never show (UAR leaves it out too).
+  recall = [float(confusion[k, k] / n) if n else None for k, n in enumerate(support)]
+  return {
+      "classes": list(classes), "test_examples": int(len(labels)),
+      "accuracy": train.accuracy(confusion), "uar": train.unweighted_average_recall(confusion),
+      "accuracy_7": train.accuracy(folded), "uar_7": train.unweighted_average_recall(folded),
+      "recall": dict(zip(classes, recall)),
+      "confusion": confusion.tolist(),
+      "uar_speaker_standardised": train.unweighted_average_recall(per_speaker),
+      "accuracy_speaker_standardised": train.accuracy(per_speaker),
+      "test_speakers": int(len(np.unique(speakers))),
+  }
 
 
 def score(workdir: pathlib.Path, speech_dir: str, faces_dir: Optional[str]) -> dict[str, Any]:
@@ -156,25 +192,10 @@ def score(workdir: pathlib.Path, speech_dir: str, faces_dir: Optional[str]) -> d
   test_split = input_pipeline.open_split(speech_dir, config.data.name, "test")
   test = inference.predict(trained, test_split)
   labelled = test["label"] >= 0
-  labels, logits = test["label"][labelled], test["student_logits"][labelled]
-  confusion = _confusion(labels, logits.argmax(axis=1), len(classes))
   speakers = input_pipeline.read_field(test_split, "speaker_id")[labelled]
-  per_speaker = _confusion(labels, speaker_standardised(logits, speakers).argmax(axis=1),
-                           len(classes))
-  folded = fold_confusion(confusion, emotions.fold_onto_fer(classes))
-  support = confusion.sum(axis=1)
-  # None for a class the test actors never show (UAR leaves it out too).
-  recall = [float(confusion[k, k] / n) if n else None for k, n in enumerate(support)]
-  result = {
-      "step": trained.step, "classes": list(classes), "test_examples": int(labelled.sum()),
-      "accuracy": train.accuracy(confusion), "uar": train.unweighted_average_recall(confusion),
-      "accuracy_7": train.accuracy(folded), "uar_7": train.unweighted_average_recall(folded),
-      "recall": dict(zip(classes, recall)),
-      "confusion": confusion.tolist(),
-      "uar_speaker_standardised": train.unweighted_average_recall(per_speaker),
-      "accuracy_speaker_standardised": train.accuracy(per_speaker),
-      "test_speakers": int(len(np.unique(speakers))),
-  }
+  result = {"step": trained.step,
+            **class_metrics(test["label"][labelled], test["student_logits"][labelled], speakers,
+                            classes)}
   loss = train.read_scalars(str(workdir)).get("train/loss", {})
   if loss:
     result["train_loss_first_last"] = [loss[min(loss)], loss[max(loss)]]
@@ -194,14 +215,69 @@ def score(workdir: pathlib.Path, speech_dir: str, faces_dir: Optional[str]) -> d
   return result
 
 
+def mfcc_statistics(logmel: np.ndarray, mask: np.ndarray,
+                    num_coefficients: int = NUM_MFCC) -> np.ndarray:
+  """Mean and standard deviation over an utterance's valid frames of its first MFCCs [2 * n].
+
+  The MFCCs are the orthonormal DCT-II of each log-mel frame, as `librosa.feature.mfcc` takes
+  them from a log-mel spectrogram (there in dB, a constant factor the classifier's
+  standardisation removes).
+  """
+  frames = np.asarray(logmel, np.float64)[np.asarray(mask, bool)]
+  if not len(frames):
+    raise ValueError("the utterance has no valid log-mel frame")
+  mfcc = fft.dct(frames, type=2, norm="ortho", axis=1)[:, :num_coefficients]
+  return np.concatenate([mfcc.mean(axis=0), mfcc.std(axis=0)])
+
+
+def _utterance_features(split: input_pipeline.Split, classes: Sequence[str]):
+  """MFCC statistics, class indices and speakers of a split's utterances with a label in
+  `classes` and speech."""
+  position = {c.lower(): k for k, c in enumerate(classes)}
+  names = input_pipeline.read_field(split, "label_name")
+  logmels = input_pipeline.read_field(split, "logmel")
+  masks = input_pipeline.read_field(split, "logmel_mask")
+  keep = [i for i, name in enumerate(names)
+          if name.strip().lower() in position and np.any(masks[i])]
+  features = (np.stack([mfcc_statistics(logmels[i], masks[i]) for i in keep]) if keep
+              else np.zeros((0, 2 * NUM_MFCC)))
+  labels = np.asarray([position[names[i].strip().lower()] for i in keep], np.int64)
+  return features, labels, input_pipeline.read_field(split, "speaker_id")[keep]
+
+
+def reference_score(speech_dir: str, name: str = "kd_mh_ravdess",
+                    classes: Sequence[str] = emotions.class_set("ravdess")) -> dict[str, Any]:
+  """The reference baseline on the runs' split: per-utterance MFCC statistics
+  (`mfcc_statistics`) and multinomial logistic regression on standardised features, with
+  scikit-learn's default settings (nothing tuned), trained on the train actors and scored on the
+  test actors like a run."""
+  train_x, train_y, _ = _utterance_features(
+      input_pipeline.open_split(speech_dir, name, "train"), classes)
+  test_x, test_y, speakers = _utterance_features(
+      input_pipeline.open_split(speech_dir, name, "test"), classes)
+  if len(np.unique(train_y)) < 2 or not len(test_x):
+    raise ValueError(f"{REFERENCE}: the train split needs two classes and the test split an "
+                     f"utterance, with labels in {list(classes)}")
+  model = pipeline.make_pipeline(preprocessing.StandardScaler(),
+                                 linear_model.LogisticRegression(max_iter=5000))
+  model.fit(train_x, train_y)
+  # Columns for every class, also one the train actors lack (it can then never be predicted).
+  log_probs = np.full((len(test_x), len(classes)), -np.inf)
+  log_probs[:, model.classes_] = model.predict_log_proba(test_x)
+  return {"train_examples": int(len(train_x)),
+          **class_metrics(test_y, log_probs, speakers, classes)}
+
+
 def results_table(results: dict[str, Any]) -> str:
-  """A Markdown table of the runs' headline figures."""
+  """A Markdown table of the runs' headline figures, the reference baseline's last."""
   fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
   lines = ["| run | classes | test UAR | test accuracy | test UAR, 7 classes (calm as neutral) "
            "| test UAR, scores standardised per actor "
            "| train loss, first -> last log | teacher agreement on train clips (chance) |",
            "|---|---|---|---|---|---|---|---|"]
-  for run, r in results["runs"].items():
+  rows = list(results["runs"].items())
+  rows += [(f"{name} (reference)", r) for name, r in results.get("reference", {}).items()]
+  for run, r in rows:
     loss = r.get("train_loss_first_last")
     loss_text = f"{loss[0]:.3f} -> {loss[1]:.3f}" if loss else "n/a"
     agreement = (f"{fmt(r['train_agreement'])} ({fmt(r['train_agreement_chance'])})"

@@ -13,7 +13,9 @@ Writes OUT/speech, OUT/faces (prepared corpora), OUT/runs/<run>/ (training workd
 OUT/results.json + OUT/results.md: accuracy and unweighted average recall (UAR) on the test
 actors, 8-class and folded to 7, per-class recall, UAR with each test actor's scores standardised
 over their own utterances (transductive; see `kd_mh.ravdess_benchmark`), and for the distillation
-runs the student's top-1 agreement with the teacher on the training clips.
+runs the student's top-1 agreement with the teacher on the training clips; and the same figures
+of a reference baseline on the same split, MFCC statistics with a linear classifier
+(`kd_mh.ravdess_benchmark.reference_score`).
 """
 
 from __future__ import annotations
@@ -83,11 +85,17 @@ def main(argv):
     raise app.UsageError(str(e), exitcode=2) from None
   speech_dir = prepared["speech"]["tfds_data_dir"]
   faces_dir = prepared["faces"]["tfds_data_dir"] if "faces" in prepared else None
+  try:
+    reference = bench.reference_score(speech_dir)
+  except ValueError as e:
+    raise app.UsageError(str(e), exitcode=2) from None
   results: dict[str, Any] = {
       "root": _ROOT.value, "test_actors": test_actors,
       "train_actors": sorted(set(train_actors or [])) or "all others",
       "splits": prepared["speech"]["splits"], "steps": _STEPS.value, "seed": _SEED.value,
-      "runs": {}}
+      "reference": {bench.REFERENCE: reference}, "runs": {}}
+  print(f"{bench.REFERENCE} (reference): "
+        + json.dumps({k: reference[k] for k in ("uar", "accuracy", "uar_speaker_standardised")}))
   for run in _RUNS.value:
     config = bench.run_config(run, speech_dir, _FACES_CORPUS.value, faces_dir, _STEPS.value,
                               _SEED.value, _OVERRIDES.value, _RUNLOCAL.value)

@@ -100,6 +100,13 @@ def test_read_field_follows_split_order(train_split):
   assert set(ip.read_field(train_split, "speaker_id")) == {"s"}
   with pytest.raises(ValueError, match="has no field 'age'"):
     ip.read_field(train_split, "age")
+  # A field whose length varies by clip (clip i has 10 + i log-mel frames) comes back whole.
+  logmels = ip.read_field(train_split, "logmel")
+  assert logmels.dtype == object
+  for clip_id, logmel in zip(clip_ids, logmels):
+    n = 10 + int(clip_id[-2:])
+    np.testing.assert_array_equal(logmel, np.repeat(np.arange(n, dtype=np.float32)[:, None],
+                                                     MELS, axis=1))
 
 
 def test_open_split_errors_name_what_is_missing(toy):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
+import test_input_pipeline
 from kd_mh import emotions
 from kd_mh import ravdess_benchmark
 
@@ -68,6 +69,65 @@ def test_speaker_standardised_scores_remove_each_speakers_lean():
   assert alone.argmax() == 0
 
 
+def test_a_class_scored_impossible_stays_impossible_after_standardising():
+  logits = np.array([[0.0, 1.0, -np.inf], [1.0, 0.0, -np.inf], [0.5, 0.2, -np.inf]])
+  standardised = ravdess_benchmark.speaker_standardised(logits, np.array(["a"] * 3))
+  assert np.all(standardised[:, 2] == -np.inf) and np.isfinite(standardised[:, :2]).all()
+  np.testing.assert_array_equal(standardised.argmax(axis=1), [1, 0, 0])
+
+
+def test_mfcc_statistics_are_the_dct_of_the_valid_frames():
+  # Every valid frame the same constant c over 16 mel bins: the orthonormal DCT-II puts
+  # c * sqrt(16) in coefficient 0 and nothing elsewhere, with no spread over frames.
+  logmel = np.full((6, 16), 2.0)
+  logmel[4:] = 99.0  # padding, masked out
+  mask = np.array([True] * 4 + [False] * 2)
+  stats = ravdess_benchmark.mfcc_statistics(logmel, mask, num_coefficients=5)
+  np.testing.assert_allclose(stats, [8.0, 0, 0, 0, 0] + [0] * 5, atol=1e-12)
+  # Two alternating frames: the mean is their average's DCT, the sd half their difference's.
+  logmel[1] = logmel[3] = 4.0
+  stats = ravdess_benchmark.mfcc_statistics(logmel, mask, num_coefficients=1)
+  np.testing.assert_allclose(stats, [12.0, 4.0])
+  with pytest.raises(ValueError, match="no valid log-mel frame"):
+    ravdess_benchmark.mfcc_statistics(logmel, np.zeros(6, bool))
+
+
+def test_the_reference_baseline_separates_classes_the_spectrum_tells_apart(tmp_path):
+  # Each class raises its own pair of mel bins; speakers differ by an overall level. Train
+  # speakers a and b, test speaker c; a test clip labelled outside the class set is left out.
+  classes = emotions.class_set("ravdess")
+  rng = np.random.default_rng(0)
+  examples = []
+  for speaker, split, per_class in (("a", "train", 3), ("b", "train", 3), ("c", "test", 2)):
+    for k, name in enumerate(classes):
+      for i in range(per_class):
+        ex = test_input_pipeline._example(f"{split}/{speaker}{k}{i}", split, -1, n_logmel=30)
+        logmel = rng.normal(0.0, 0.3, (30, test_input_pipeline.MELS)).astype(np.float32)
+        logmel[:, k] += 2.0 + {"a": 0.0, "b": 1.0, "c": 0.5}[speaker]
+        ex.update(label_name=name.upper() if i else name, speaker_id=speaker, logmel=logmel)
+        examples.append(ex)
+  extra = test_input_pipeline._example("test/song", "test", -1, n_logmel=30)
+  examples.append({**extra, "label_name": "song", "speaker_id": "c"})
+  data_dir = test_input_pipeline._write_corpus(tmp_path, "ravdess", examples)
+  result = ravdess_benchmark.reference_score(data_dir)
+  assert result["train_examples"] == 48 and result["test_examples"] == 16
+  assert result["classes"] == list(classes) and result["test_speakers"] == 1
+  assert result["uar"] == 1.0 and result["accuracy"] == 1.0
+  assert np.trace(result["confusion"]) == 16
+  # Nothing the classifier can learn from: labels shuffled against the spectra in training.
+  for ex in examples:
+    if ex["split"] == "train":
+      ex["label_name"] = classes[rng.integers(8)]
+  result = ravdess_benchmark.reference_score(
+      test_input_pipeline._write_corpus(tmp_path / "shuffled", "ravdess", examples))
+  assert result["uar"] < 0.6
+  # No train utterance with a label in the class set: a clear error, not a classifier of nothing.
+  unusable = [{**ex, "label_name": "song"} if ex["split"] == "train" else ex for ex in examples]
+  with pytest.raises(ValueError, match="the train split needs two classes"):
+    ravdess_benchmark.reference_score(
+        test_input_pipeline._write_corpus(tmp_path / "unusable", "ravdess", unusable))
+
+
 def test_misuse_exits_2_with_the_reason(tmp_path):
   result = _run(f"--root={shared_path('ravdess')}", f"--out={tmp_path}", "--test_actors=30",
                 "--runs=supervised")
@@ -84,6 +144,9 @@ def test_the_benchmark_trains_and_scores_held_out_actors(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["splits"] == {"train": 60, "test": 60}
+  reference = results["reference"][ravdess_benchmark.REFERENCE]
+  assert reference["train_examples"] == 60 and reference["test_examples"] == 60
+  assert 0 <= reference["uar"] <= 1 and "mfcc_linear (reference)" in result.stdout
   for run in ravdess_benchmark.RUNS:
     scores = results["runs"][run]
     assert scores["step"] == 3 and scores["test_examples"] == 60
